@@ -1,0 +1,284 @@
+"""The native PyTorch backend: a plain loop on one device.
+
+Written for small steps: each hook is resolved once (``None`` when nobody implements
+it), losses stay on the device in a short list that is reduced, and synced, only every
+``log_every_n_steps`` optimizer steps, and no per-step context manager runs unless
+mixed precision asks for one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+import kit
+
+if TYPE_CHECKING:
+    from kit import Trainer
+
+__all__ = ["TorchBackend"]
+
+
+class TorchBackend(kit.Backend):
+    """Single process on cpu, cuda or mps; epoch- or step-based; AMP, accumulation, clipping."""
+
+    name: ClassVar[str] = "torch"
+
+    def setup(self, trainer: Trainer) -> None:
+        cfg = trainer.config.training
+        assert trainer.model is not None
+        self.device = trainer.device
+        self.forward: Callable[..., Any] = trainer.model
+        if cfg.compile:
+            self.forward = torch.compile(trainer.model)
+        self.amp_dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(cfg.precision)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "16" else None
+        self.move = self.device.type != "cpu"
+        self.non_blocking = self.device.type == "cuda"
+        self.params = [p for p in trainer.model.parameters() if p.requires_grad]
+        self.window: list[torch.Tensor] = []  # losses since the last log, on the device
+        self.iter_sum: torch.Tensor | float = 0.0
+        self.iter_count = 0
+
+    # -- one batch ------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _batch(self, batch: Any) -> tuple[Any, Any]:
+        inputs, targets = batch[0], batch[1]
+        if self.move:
+            inputs = inputs.to(self.device, non_blocking=self.non_blocking)
+            targets = targets.to(self.device, non_blocking=self.non_blocking)
+        return inputs, targets
+
+    def _train_batch(self, trainer: Trainer, batch: Any, optimizer_step: bool) -> torch.Tensor:
+        inputs, targets = self._batch(batch)
+        accum = trainer.config.training.grad_accum
+        assert trainer.loss_fn is not None
+        if self.amp_dtype is None:
+            loss = trainer.loss_fn(self.forward(inputs), targets)
+        else:
+            with self._autocast():
+                loss = trainer.loss_fn(self.forward(inputs), targets)
+        scaled = loss / accum if accum > 1 else loss
+        if self.scaler is not None:
+            self.scaler.scale(scaled).backward()
+        else:
+            scaled.backward()
+        loss = loss.detach()
+        self.window.append(loss)
+        if optimizer_step:
+            self._optimizer_step(trainer)
+        return loss
+
+    def _optimizer_step(self, trainer: Trainer) -> None:
+        cfg = trainer.config.training
+        optimizer = trainer.optimizer
+        assert optimizer is not None
+        if self.scaler is not None:
+            if cfg.clip_grad_norm is not None:
+                self.scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad_norm)
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            if cfg.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad_norm)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        trainer.global_step += 1
+        if trainer.scheduler is not None and trainer.config.scheduler is not None \
+                and trainer.config.scheduler.interval == "step":
+            trainer.scheduler.step()
+        if trainer.global_step % cfg.log_every_n_steps == 0:
+            self._log_window(trainer)
+
+    def _log_window(self, trainer: Trainer, *, record: bool = True) -> float | None:
+        """Reduce the losses since the last log on the device; one sync, here only."""
+        if not self.window:
+            return None
+        stacked = torch.stack(self.window)
+        self.iter_sum = self.iter_sum + stacked.sum()
+        self.iter_count += len(self.window)
+        self.window.clear()
+        if not record:
+            return None
+        value = float(stacked.mean())
+        trainer.record("train/loss", value, split="train")
+        optimizer = trainer.optimizer
+        assert optimizer is not None
+        trainer.record("train/lr", optimizer.param_groups[0]["lr"], split="train")
+        return value
+
+    def _take_iteration_loss(self) -> float | None:
+        """The mean training loss since the iteration started; resets the accumulator."""
+        if not self.iter_count:
+            return None
+        value = float(self.iter_sum) / self.iter_count
+        self.iter_sum, self.iter_count = 0.0, 0
+        return value
+
+    # -- the loop -------------------------------------------------------------------
+
+    def fit(self, trainer: Trainer) -> None:
+        assert trainer.model is not None
+        trainer.model.train()
+        if trainer.config.training.type == "epoch":
+            self._fit_epochs(trainer)
+        else:
+            self._fit_steps(trainer)
+
+    def _set_epoch(self, trainer: Trainer) -> None:
+        loader = trainer.train_loader
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(trainer.epoch)
+
+    def _fit_epochs(self, trainer: Trainer) -> None:
+        cfg = trainer.config.training
+        hooks = trainer.hooks
+        loader = trainer.train_loader
+        assert loader is not None
+        accum = cfg.grad_accum
+        try:
+            n_batches: int | None = len(loader)
+        except TypeError:  # an IterableDataset without a length
+            n_batches = None
+        for iteration in range(trainer.iteration + 1, cfg.iterations + 1):
+            trainer.iteration = iteration
+            if hooks.kit_iteration_begin is not None:
+                hooks.kit_iteration_begin(trainer=trainer, iteration=iteration)
+            self._set_epoch(trainer)
+            step_begin, step_end = hooks.kit_step_begin, hooks.kit_step_end
+            batch_idx = -1
+            exhausted = True
+            for batch_idx, batch in enumerate(loader):
+                trainer.batch_idx = batch_idx
+                if step_begin is not None:
+                    step_begin(trainer=trainer, iteration=iteration, batch_idx=batch_idx)
+                due = (batch_idx + 1) % accum == 0 or batch_idx + 1 == n_batches
+                loss = self._train_batch(trainer, batch, due)
+                if step_end is not None:
+                    step_end(trainer=trainer, iteration=iteration, batch_idx=batch_idx, loss=loss)
+                if trainer.should_stop:
+                    exhausted = False
+                    break
+            if exhausted and n_batches is None and (batch_idx + 1) % accum:
+                self._optimizer_step(trainer)  # flush a partial accumulation
+            trainer.epoch += 1
+            if exhausted and hooks.kit_loader_exhausted is not None:
+                hooks.kit_loader_exhausted(trainer=trainer, iteration=iteration)
+            self._log_window(trainer, record=False)
+            metrics: dict[str, float] = {}
+            epoch_loss = self._take_iteration_loss()
+            if epoch_loss is not None:
+                metrics["train/loss_epoch"] = epoch_loss
+                trainer.record("train/loss_epoch", epoch_loss, split="train")
+            self._end_iteration(trainer, iteration, metrics)
+            if trainer.should_stop:
+                break
+
+    def _fit_steps(self, trainer: Trainer) -> None:
+        cfg = trainer.config.training
+        hooks = trainer.hooks
+        loader = trainer.train_loader
+        assert loader is not None
+        self._set_epoch(trainer)
+        batches: Iterator[Any] = iter(loader)
+        batch_idx = -1
+        for iteration in range(trainer.iteration + 1, cfg.iterations + 1):
+            trainer.iteration = iteration
+            if hooks.kit_iteration_begin is not None:
+                hooks.kit_iteration_begin(trainer=trainer, iteration=iteration)
+            for micro in range(cfg.grad_accum):
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    if hooks.kit_loader_exhausted is not None:
+                        hooks.kit_loader_exhausted(trainer=trainer, iteration=iteration)
+                    trainer.epoch += 1
+                    self._set_epoch(trainer)
+                    batches, batch_idx = iter(loader), -1
+                    batch = next(batches)
+                batch_idx += 1
+                trainer.batch_idx = batch_idx
+                if hooks.kit_step_begin is not None:
+                    hooks.kit_step_begin(trainer=trainer, iteration=iteration, batch_idx=batch_idx)
+                loss = self._train_batch(trainer, batch, micro + 1 == cfg.grad_accum)
+                if hooks.kit_step_end is not None:
+                    hooks.kit_step_end(trainer=trainer, iteration=iteration, batch_idx=batch_idx,
+                                       loss=loss)
+            metrics: dict[str, float] = {}
+            if not self.window:  # the optimizer step just logged
+                value = self._take_iteration_loss()
+                if value is not None:
+                    metrics["train/loss"] = value
+            self._end_iteration(trainer, iteration, metrics)
+            if trainer.should_stop:
+                break
+
+    def _end_iteration(self, trainer: Trainer, iteration: int, metrics: dict[str, float]) -> None:
+        cfg = trainer.config.training
+        last = iteration == cfg.iterations or trainer.should_stop
+        if trainer.val_loader is not None and (iteration % cfg.eval_frequency == 0 or last):
+            val = self.validate(trainer, iteration)
+            metrics.update({f"val/{k}": v for k, v in val.items()})
+        if trainer.scheduler is not None and trainer.config.scheduler is not None \
+                and trainer.config.scheduler.interval == "iteration":
+            trainer.scheduler.step()
+        if iteration % cfg.save_frequency == 0 or last:
+            trainer.save_checkpoint()
+        if trainer.hooks.kit_iteration_end is not None:
+            trainer.hooks.kit_iteration_end(trainer=trainer, iteration=iteration, metrics=metrics)
+
+    # -- evaluation -----------------------------------------------------------------
+
+    def _evaluate(self, trainer: Trainer, loader: Any, split: str) -> dict[str, float]:
+        model, loss_fn = trainer.model, trainer.loss_fn
+        assert model is not None and loss_fn is not None
+        begin = getattr(trainer.hooks, f"kit_{split}_step_begin")
+        end = getattr(trainer.hooks, f"kit_{split}_step_end")
+        metrics = [cls() for cls in trainer.metric_types]
+        total: torch.Tensor | float = 0.0
+        count = 0
+        was_training = model.training
+        model.eval()
+        with torch.inference_mode(), self._autocast():
+            for batch_idx, batch in enumerate(loader):
+                if begin is not None:
+                    begin(trainer=trainer, batch_idx=batch_idx)
+                inputs, targets = self._batch(batch)
+                outputs = self.forward(inputs)
+                loss = loss_fn(outputs, targets).float()
+                size = targets.shape[0]
+                total = total + loss * size
+                count += size
+                for metric in metrics:
+                    metric.update(outputs, targets)
+                if end is not None:
+                    end(trainer=trainer, batch_idx=batch_idx, loss=loss)
+        model.train(was_training)
+        results = {"loss": float(total) / count if count else math.nan}
+        results.update({m.name: m.compute() for m in metrics})
+        return results
+
+    def validate(self, trainer: Trainer, iteration: int) -> dict[str, float]:
+        trainer.hooks.call("kit_val_begin", trainer=trainer, iteration=iteration)
+        results = self._evaluate(trainer, trainer.val_loader, "val")
+        trainer.record_results("val", results)
+        trainer.hooks.call("kit_val_end", trainer=trainer, iteration=iteration, val_results=results)
+        return results
+
+    def test(self, trainer: Trainer) -> dict[str, float]:
+        trainer.hooks.call("kit_test_begin", trainer=trainer)
+        results = self._evaluate(trainer, trainer.test_loader, "test")
+        trainer.record_results("test", results)
+        trainer.hooks.call("kit_test_end", trainer=trainer, test_results=results)
+        return results

@@ -1,0 +1,3 @@
+"""Loggers: hook plugins selected by name under ``loggers:`` in the config."""
+
+__all__: list[str] = []

@@ -1,0 +1,72 @@
+"""kit: a plugin-discovered, multi-backend trainer for PyTorch.
+
+Importing ``kit`` is cheap: it pulls in pluggy but neither torch nor click. Names that
+need torch or pydantic (``Trainer``, the config models, ``Data``) load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from kit._version import __version__
+from kit.errors import (
+    CheckpointError,
+    ConfigError,
+    KitError,
+    PluginLoadError,
+    PluginNotFoundError,
+    TargetError,
+)
+from kit.interfaces import Backend, CheckpointFormat, State
+from kit.markers import hookimpl, hookspec
+from kit.metrics import Metric, MetricRecord
+from kit.plugins import HookRelay, PluginChoice, Registry, get_plugin_manager
+
+if TYPE_CHECKING:
+    from kit.config import KitConfig, load_config
+    from kit.data import Data, EpochSampler
+    from kit.trainer import Trainer
+
+__all__ = [
+    "Backend",
+    "CheckpointError",
+    "CheckpointFormat",
+    "ConfigError",
+    "Data",
+    "EpochSampler",
+    "HookRelay",
+    "KitConfig",
+    "KitError",
+    "Metric",
+    "MetricRecord",
+    "PluginChoice",
+    "PluginLoadError",
+    "PluginNotFoundError",
+    "Registry",
+    "State",
+    "TargetError",
+    "Trainer",
+    "__version__",
+    "get_plugin_manager",
+    "hookimpl",
+    "hookspec",
+    "load_config",
+]
+
+_LAZY = {
+    "Trainer": "kit.trainer",
+    "KitConfig": "kit.config",
+    "load_config": "kit.config",
+    "Data": "kit.data",
+    "EpochSampler": "kit.data",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

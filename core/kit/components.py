@@ -1,0 +1,93 @@
+"""Build the model, loss, metrics, optimizer and scheduler a config names."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kit.config import OptimizerConfig, SchedulerConfig, TaskConfig
+from kit.errors import ConfigError
+from kit.metrics import Accuracy, Metric
+from kit.targets import resolve_target
+
+__all__ = ["build_optimizer", "build_scheduler", "call_factory", "resolve_loss", "resolve_metrics"]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+BUILTIN_METRICS: dict[str, type[Metric]] = {"accuracy": Accuracy}
+
+
+def call_factory(fn: Any, kwargs: Mapping[str, Any], *, key: str, **given: Any) -> Any:
+    """Call ``fn(**given, **kwargs)``, naming ``key`` when the kwargs do not fit its signature.
+
+    Only a signature mismatch becomes a config error; an error raised inside the
+    user's code keeps its traceback.
+    """
+    if not callable(fn):
+        raise ConfigError(f"{fn!r} is not callable", key=key)
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(*given.values(), **kwargs)
+        except TypeError as exc:
+            name = getattr(fn, "__qualname__", repr(fn))
+            raise ConfigError(f"{name}() does not accept these arguments: {exc}",
+                              key=f"{key}.kwargs", hint="fix the kwargs") from None
+    return fn(*given.values(), **kwargs)
+
+
+def _lookup(name: str, namespace: Any, *, key: str, base_dir: Path | None, kind: str) -> Any:
+    if ":" in name:
+        return resolve_target(name, key=key, base_dir=base_dir)
+    table = {k.lower(): getattr(namespace, k) for k in dir(namespace) if not k.startswith("_")}
+    found = table.get(name.lower())
+    if found is None:
+        raise ConfigError(f"unknown {kind} {name!r}", key=key,
+                          hint=f"use a name from {namespace.__name__} or `package.module:Class`")
+    return found
+
+
+def resolve_loss(task: TaskConfig, base_dir: Path | None) -> LossFn:
+    fn = _lookup(task.loss, torch.nn.functional, key="task.loss", base_dir=base_dir, kind="loss")
+    if isinstance(fn, type) and issubclass(fn, torch.nn.Module):
+        fn = fn()
+    return fn  # type: ignore[no-any-return]
+
+
+def resolve_metrics(task: TaskConfig, base_dir: Path | None) -> list[type[Metric]]:
+    out: list[type[Metric]] = []
+    for i, name in enumerate(task.metrics):
+        key = f"task.metrics[{i}]"
+        if ":" in name:
+            out.append(resolve_target(name, key=key, base_dir=base_dir))
+        elif name in BUILTIN_METRICS:
+            out.append(BUILTIN_METRICS[name])
+        else:
+            raise ConfigError(f"unknown metric {name!r}", key=key,
+                              hint=f"built-in: {', '.join(BUILTIN_METRICS)}; or `package.module:Class`")
+    return out
+
+
+def build_optimizer(
+    cfg: OptimizerConfig, model: torch.nn.Module, base_dir: Path | None
+) -> torch.optim.Optimizer:
+    cls = _lookup(cfg.name, torch.optim, key="optimizer.name", base_dir=base_dir, kind="optimizer")
+    kwargs = {"lr": cfg.lr, **cfg.kwargs}
+    return call_factory(cls, kwargs, key="optimizer", params=model.parameters())  # type: ignore[no-any-return]
+
+
+def build_scheduler(
+    cfg: SchedulerConfig | None, optimizer: torch.optim.Optimizer, base_dir: Path | None
+) -> Any:
+    if cfg is None:
+        return None
+    cls = _lookup(cfg.name, torch.optim.lr_scheduler, key="scheduler.name",
+                  base_dir=base_dir, kind="scheduler")
+    return call_factory(cls, cfg.kwargs, key="scheduler", optimizer=optimizer)

@@ -1,0 +1,286 @@
+"""The run configuration: pydantic models that refuse unknown keys, read from YAML or TOML.
+
+Errors name the config key and how to fix it; :func:`load_config` turns pydantic's
+report into one :class:`~kit.errors.ConfigError` line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kit.errors import ConfigError
+
+__all__ = [
+    "CheckpointConfig",
+    "DataConfig",
+    "KitConfig",
+    "OptimizerConfig",
+    "PluginConfig",
+    "SchedulerConfig",
+    "TargetConfig",
+    "TaskConfig",
+    "TrainingConfig",
+    "apply_overrides",
+    "load_config",
+    "validate_config",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TargetConfig(_Model):
+    """An import target ``package.module:factory``, resolved from the config file's folder."""
+
+    target: str = Field(description="`package.module:callable`, importable from the config's folder")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for it")
+
+    @field_validator("target")
+    @classmethod
+    def _has_colon(cls, value: str) -> str:
+        module, sep, attr = value.partition(":")
+        if not sep or not module or not attr:
+            raise ValueError(f"{value!r} is not of the form `package.module:callable`")
+        return value
+
+
+class DataConfig(TargetConfig):
+    """The data factory: returns datasets (kit builds the loaders) or ready loaders."""
+
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(0, ge=0)
+    shuffle: bool = True
+    pin_memory: bool | None = Field(None, description="default: on when training on CUDA")
+    drop_last: bool = False
+
+
+class TaskConfig(_Model):
+    """How a batch ``(inputs, targets)`` becomes a loss and metrics."""
+
+    loss: str = Field("cross_entropy", description="torch.nn.functional name or import target")
+    metrics: list[str] = Field(
+        default_factory=lambda: ["accuracy"],
+        description="built-in (accuracy) or import targets of kit.Metric classes",
+    )
+
+
+class OptimizerConfig(_Model):
+    name: str = Field("adam", description="torch.optim class (any case) or import target")
+    lr: float = Field(1e-3, gt=0)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class SchedulerConfig(_Model):
+    name: str = Field(description="torch.optim.lr_scheduler class or import target")
+    interval: Literal["iteration", "step"] = Field(
+        "iteration", description="step the scheduler after every iteration or optimizer step"
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+Precision = Literal["32", "bf16", "16"]
+
+
+class TrainingConfig(_Model):
+    """The loop. An iteration is an epoch (``type: epoch``) or an optimizer step (``step``)."""
+
+    type: Literal["epoch", "step"] = "epoch"
+    iterations: int = Field(10, ge=1)
+    eval_frequency: int = Field(1, ge=1, description="validate every N iterations (and at the end)")
+    save_frequency: int = Field(1, ge=1, description="checkpoint every N iterations (and at the end)")
+    inference_batch_size: int | None = Field(None, ge=1, description="default: data.batch_size")
+    grad_accum: int = Field(1, ge=1)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    precision: Precision = Field("32", description="32, bf16 (autocast), 16 (autocast + scaler, CUDA)")
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    log_every_n_steps: int = Field(50, ge=1)
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_aliases(cls, value: Any) -> Any:
+        aliases = {32: "32", 16: "16", "32-true": "32", "bf16-mixed": "bf16", "16-mixed": "16"}
+        return aliases.get(value, value)
+
+
+class CheckpointConfig(_Model):
+    format: str = Field("torch", description="an entry point in kit.checkpoint_formats")
+    keep_last: int = Field(2, ge=1, description="how many periodic checkpoints to keep")
+
+
+class PluginConfig(_Model):
+    """A logger or plugin by name, with its own options (validated by the plugin)."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+def _named(value: Any) -> Any:
+    """Accept ``name``, ``{name: {…options}}`` or ``{name: …, options: {…}}``."""
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, dict) and len(value) == 1 and "name" not in value:
+        ((name, options),) = value.items()
+        return {"name": name, "options": options or {}}
+    return value
+
+
+class KitConfig(_Model):
+    """Everything a run needs; ``kit config schema`` prints it as JSON schema."""
+
+    experiment: str = Field("default", pattern=r"^[\w.-]+$")
+    runs_dir: Path = Field(Path("runs"), description="relative paths resolve from the working directory")
+    model: TargetConfig
+    data: DataConfig
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig | None = None
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    backend: str = "torch"
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    loggers: list[PluginConfig] = Field(
+        default_factory=lambda: [PluginConfig(name="console"), PluginConfig(name="jsonl")]
+    )
+    plugins: list[PluginConfig] = Field(default_factory=list)
+    base_dir: Path | None = Field(
+        None, exclude=True, description="set by kit: the config file's folder, for targets"
+    )
+
+    @field_validator("loggers", "plugins", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        return [_named(v) for v in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> KitConfig:
+        for key in ("loggers", "plugins"):
+            names = [p.name for p in getattr(self, key)]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{key}: {', '.join(dupes)} listed twice")
+        return self
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as plain data, ready for YAML/JSON (what the run directory stores)."""
+        return json.loads(self.model_dump_json())  # type: ignore[no-any-return]
+
+
+# -- reading -----------------------------------------------------------------------
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found", hint="check the path")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data: Any = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # yaml and toml raise their own trees
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot parse {path}: {first}", hint="fix the file's syntax") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top, not {type(data).__name__}")
+    return data
+
+
+def _parse_value(raw: str) -> Any:
+    """``--set`` values are YAML scalars: ``3`` is an int, ``true`` a bool, ``[a, b]`` a list."""
+    import yaml
+
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` strings to a raw config mapping (in place; also returned)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE", hint="e.g. --set training.iterations=5")
+        parts = key.strip().split(".")
+        node: Any = data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part) if isinstance(node, dict) else None
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"cannot set {key}: {where} is not a mapping", key=where)
+            node = child
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def _explain(exc: ValidationError, data: Mapping[str, Any], source: str) -> ConfigError:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+    key = ".".join(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        known = _known_keys(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+        return ConfigError(f"unknown key in {source}", key=key, hint=hint)
+    if err["type"] == "missing":
+        return ConfigError(f"required key missing in {source}", key=key, hint="add it")
+    value = err.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
+    more = len(exc.errors()) - 1
+    tail = f"; {more} more error{'s' * (more > 1)}" if more else ""
+    return ConfigError(
+        f"{err['msg']}{shown}{tail}",
+        key=key,
+        hint=f"fix it in {source} or with --set {key}=VALUE",
+    )
+
+
+def _known_keys(loc: list[str]) -> list[str]:
+    model: Any = KitConfig
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return sorted(model.model_fields)
+
+
+def validate_config(data: Mapping[str, Any], *, source: str = "config") -> KitConfig:
+    """Validate raw data, turning pydantic's report into one clear :class:`ConfigError`."""
+    try:
+        return KitConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise _explain(exc, data, source) from None
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> KitConfig:
+    """Read ``path`` (YAML or TOML), apply ``--set`` overrides, validate, and resolve paths."""
+    path = Path(path)
+    data = apply_overrides(_read(path), overrides)
+    data.pop("base_dir", None)
+    config = validate_config(data, source=path.name)
+    config.base_dir = path.resolve().parent
+    return config

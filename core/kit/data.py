@@ -1,0 +1,107 @@
+"""What a data factory returns, and the loaders kit builds from datasets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+
+from kit.config import DataConfig
+from kit.errors import ConfigError
+
+__all__ = ["Data", "EpochSampler", "build_loaders"]
+
+
+@dataclass
+class Data:
+    """A data factory's result: datasets (kit builds loaders) or ready ``DataLoader``\\ s."""
+
+    train: Any
+    val: Any = None
+    test: Any = None
+
+
+class EpochSampler(Sampler[int]):
+    """A shuffled order that depends only on ``(seed, epoch)``, never on global RNG state.
+
+    That makes data order reproducible whatever the model draws from the RNG, and
+    lets a resumed run rebuild the order of any epoch without replaying it.
+    """
+
+    def __init__(self, size: int, *, seed: int, shuffle: bool = True) -> None:
+        self.size = size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _as_data(value: Any) -> Data:
+    if isinstance(value, Data):
+        return value
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"train", "val", "test"}
+        if unknown or "train" not in value:
+            raise ConfigError(
+                f"the data factory returned a mapping with keys {sorted(value)}",
+                key="data.target",
+                hint="return kit.Data(train=…, val=…, test=…) or a dict with those keys",
+            )
+        return Data(**value)
+    if isinstance(value, Sequence) and not isinstance(value, str) and 1 <= len(value) <= 3:
+        return Data(*value)
+    raise ConfigError(
+        f"the data factory returned {type(value).__name__}",
+        key="data.target",
+        hint="return kit.Data(train=…, val=…, test=…)",
+    )
+
+
+def build_loaders(
+    value: Any, config: DataConfig, *, inference_batch_size: int | None, seed: int, pin_memory: bool
+) -> tuple[DataLoader[Any], DataLoader[Any] | None, DataLoader[Any] | None]:
+    """Loaders for train/val/test; datasets get kit's seeded :class:`EpochSampler`."""
+    data = _as_data(value)
+
+    def loader(split: str, obj: Any, train: bool) -> DataLoader[Any] | None:
+        if obj is None or isinstance(obj, DataLoader):
+            return obj
+        if not isinstance(obj, Dataset | IterableDataset):
+            raise ConfigError(
+                f"{split} is a {type(obj).__name__}, not a Dataset or DataLoader",
+                key="data.target",
+            )
+        sampler = None
+        if not isinstance(obj, IterableDataset):
+            sampler = EpochSampler(len(obj), seed=seed, shuffle=train and config.shuffle)  # type: ignore[arg-type]
+        return DataLoader(
+            obj,
+            batch_size=config.batch_size if train else (inference_batch_size or config.batch_size),
+            sampler=sampler,
+            num_workers=config.num_workers,
+            pin_memory=pin_memory,
+            drop_last=config.drop_last and train,
+            persistent_workers=config.num_workers > 0,
+        )
+
+    train = loader("train", data.train, True)
+    if train is None:
+        raise ConfigError("the data factory returned no training data", key="data.target")
+    return train, loader("val", data.val, False), loader("test", data.test, False)

@@ -1,0 +1,56 @@
+"""kit's one exception tree.
+
+Every error a user can fix derives from :class:`KitError`. The CLI turns it into a
+single line on stderr and exit code 2; anything else is a bug (or the user's own
+code failing) and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "KitError",
+    "PluginLoadError",
+    "PluginNotFoundError",
+    "TargetError",
+]
+
+
+class KitError(Exception):
+    """Something the user can fix: what is wrong, where, and how to fix it."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message} ({hint})" if hint else message)
+
+
+class ConfigError(KitError):
+    """The configuration is missing, unreadable or invalid; ``key`` names the place."""
+
+    def __init__(self, message: str, *, key: str | None = None, hint: str | None = None) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}" if key else message, hint=hint)
+
+
+class TargetError(ConfigError):
+    """An import target (``package.module:attr``) could not be resolved or called."""
+
+
+class PluginNotFoundError(KitError):
+    """A state, backend, logger, format or plugin name that no installed package provides."""
+
+
+class PluginLoadError(KitError):
+    """An installed plugin failed to import; ``entry`` is ``package[entry]``."""
+
+    def __init__(self, entry: str, cause: BaseException, *, hint: str | None = None) -> None:
+        self.entry = entry
+        self.cause = cause
+        detail = f"{type(cause).__name__}: {cause}"
+        super().__init__(f"plugin {entry} failed to load: {detail}", hint=hint)
+
+
+class CheckpointError(KitError):
+    """A checkpoint is missing, unreadable, or refused as unsafe."""

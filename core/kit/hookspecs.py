@@ -1,0 +1,303 @@
+"""The hook contract: every event kit fires, in the order it fires them.
+
+A plugin implements any subset of these hooks with ``@kit.hookimpl`` and may accept
+any subset of each hook's arguments. kit calls hooks with keywords only, and arguments
+only ever grow, so a plugin written today keeps working. The same events fire in the
+same order on every backend; ``tests/backends`` asserts it.
+
+The loop, as the hooks see it (``iteration`` counts from 1; it is an epoch in
+epoch-based training and one optimizer step in step-based training)::
+
+    kit_train_begin(trainer)
+    for iteration in range(start + 1, iterations + 1):
+        kit_iteration_begin(trainer, iteration)
+        for batch_idx, batch in train_loader:   # step-based: grad_accum batches
+            kit_step_begin(trainer, iteration, batch_idx)
+            forward, loss, backward; optimizer step every grad_accum batches
+            kit_step_end(trainer, iteration, batch_idx, loss)
+            every log_every_n_steps optimizer steps:
+                kit_metric_recorded(trainer, record)      # train/loss, train/lr
+            if trainer.should_stop: break
+        kit_loader_exhausted(trainer, iteration)          # when the loader ran out
+        if iteration % eval_frequency == 0 or iteration == iterations:
+            kit_val_begin(trainer, iteration)
+            for batch_idx, batch in val_loader:
+                kit_val_step_begin(trainer, batch_idx)
+                kit_val_step_end(trainer, batch_idx, loss)
+            kit_metric_recorded(trainer, record)          # val/loss, val/<metric>
+            kit_val_end(trainer, iteration, val_results)
+        if iteration % save_frequency == 0 or iteration == iterations:
+            kit_checkpoint_save(trainer, checkpoint)      # then written atomically
+        kit_iteration_end(trainer, iteration, metrics)
+        if trainer.should_stop: break
+    kit_test_begin(trainer)
+    for batch_idx, batch in test_loader:
+        kit_test_step_begin(trainer, batch_idx)
+        kit_test_step_end(trainer, batch_idx, loss)
+    kit_metric_recorded(trainer, record)                  # test/loss, test/<metric>
+    kit_test_end(trainer, test_results)
+    kit_train_end(trainer)                                # always, however the run ended
+
+    on resume:      kit_checkpoint_load(trainer, checkpoint)   before kit_train_begin
+    on an error:    kit_exception(trainer, error)              then kit_train_end
+    on a signal:    kit_interrupt(trainer, signum)             then kit_train_end
+
+Loss tensors handed to hooks are detached and stay on the device: converting one to
+a Python number forces a host sync, so do it only when you log. Hooks that nobody
+implements are never dispatched.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kit.markers import hookspec
+
+if TYPE_CHECKING:
+    import torch
+
+    from kit.metrics import MetricRecord
+    from kit.trainer import Trainer
+
+__all__ = [
+    "HOOK_NAMES",
+    "kit_checkpoint_load",
+    "kit_checkpoint_save",
+    "kit_exception",
+    "kit_interrupt",
+    "kit_iteration_begin",
+    "kit_iteration_end",
+    "kit_loader_exhausted",
+    "kit_metric_recorded",
+    "kit_step_begin",
+    "kit_step_end",
+    "kit_test_begin",
+    "kit_test_end",
+    "kit_test_step_begin",
+    "kit_test_step_end",
+    "kit_train_begin",
+    "kit_train_end",
+    "kit_val_begin",
+    "kit_val_end",
+    "kit_val_step_begin",
+    "kit_val_step_end",
+]
+
+# -- run ---------------------------------------------------------------------------
+
+
+@hookspec
+def kit_train_begin(trainer: Trainer) -> None:
+    """Training starts: the model, optimizer and loaders are built and on the device.
+
+    :param trainer: the running trainer. A hook may set ``trainer.should_stop`` or
+        adjust the model and optimizer before the first step.
+    """
+
+
+# -- iteration and step ------------------------------------------------------------
+
+
+@hookspec
+def kit_iteration_begin(trainer: Trainer, iteration: int) -> None:
+    """An iteration starts: an epoch (epoch-based) or one optimizer step (step-based).
+
+    :param trainer: the running trainer; may be changed (``trainer.should_stop``).
+    :param iteration: the iteration about to run, counting from 1.
+    """
+
+
+@hookspec
+def kit_step_begin(trainer: Trainer, iteration: int, batch_idx: int) -> None:
+    """A training batch is about to go through forward and backward.
+
+    :param trainer: the running trainer; read-only by convention, this is the hot path.
+    :param iteration: the current iteration.
+    :param batch_idx: the batch's index in the current pass over the training loader.
+    """
+
+
+@hookspec
+def kit_step_end(trainer: Trainer, iteration: int, batch_idx: int, loss: torch.Tensor) -> None:
+    """A training batch went through backward (and the optimizer, on its last micro-batch).
+
+    :param trainer: the running trainer; may set ``trainer.should_stop``.
+    :param iteration: the current iteration.
+    :param batch_idx: the batch's index in the current pass over the training loader.
+    :param loss: the batch's loss: a detached scalar tensor on the training device,
+        not divided by ``grad_accum``. Do not mutate it; ``.item()`` forces a sync.
+    """
+
+
+@hookspec
+def kit_loader_exhausted(trainer: Trainer, iteration: int) -> None:
+    """The training loader ran out of batches (end of an epoch).
+
+    Not fired when a pass is cut short by ``trainer.should_stop``. In step-based
+    training it fires between the steps where the loader restarts.
+
+    :param trainer: the running trainer; may be changed.
+    :param iteration: the iteration during which the loader ran out.
+    """
+
+
+# -- validation --------------------------------------------------------------------
+
+
+@hookspec
+def kit_val_begin(trainer: Trainer, iteration: int) -> None:
+    """Validation starts; the model is in eval mode and gradients are off.
+
+    :param trainer: the running trainer; may be changed.
+    :param iteration: the iteration being validated.
+    """
+
+
+@hookspec
+def kit_val_step_begin(trainer: Trainer, batch_idx: int) -> None:
+    """A validation batch is about to be evaluated.
+
+    :param trainer: the running trainer; read-only by convention.
+    :param batch_idx: the batch's index in the validation loader.
+    """
+
+
+@hookspec
+def kit_val_step_end(trainer: Trainer, batch_idx: int, loss: torch.Tensor) -> None:
+    """A validation batch was evaluated.
+
+    :param trainer: the running trainer; read-only by convention.
+    :param batch_idx: the batch's index in the validation loader.
+    :param loss: the batch's mean loss, a detached tensor on the device.
+    """
+
+
+@hookspec
+def kit_val_end(trainer: Trainer, iteration: int, val_results: dict[str, float]) -> None:
+    """Validation finished and its results were recorded.
+
+    :param trainer: the running trainer; may set ``trainer.should_stop`` (early stopping).
+    :param iteration: the iteration that was validated.
+    :param val_results: ``{"loss": …, "<metric>": …}`` over the whole validation set,
+        as Python floats. The dict is kit's: do not mutate it.
+    """
+
+
+# -- end of an iteration -----------------------------------------------------------
+
+
+@hookspec
+def kit_iteration_end(trainer: Trainer, iteration: int, metrics: dict[str, float]) -> None:
+    """An iteration finished, after its validation and checkpoint (when due).
+
+    :param trainer: the running trainer; may set ``trainer.should_stop``.
+    :param iteration: the iteration that finished.
+    :param metrics: namespaced values computed during the iteration (``train/loss_epoch``,
+        ``val/loss``, …). In step-based training it holds only what was computed at this
+        step (no host sync is forced to fill it). A plugin may add entries.
+    """
+
+
+# -- test --------------------------------------------------------------------------
+
+
+@hookspec
+def kit_test_begin(trainer: Trainer) -> None:
+    """The test pass starts, after training (or alone, when evaluating).
+
+    :param trainer: the running trainer; may be changed.
+    """
+
+
+@hookspec
+def kit_test_step_begin(trainer: Trainer, batch_idx: int) -> None:
+    """A test batch is about to be evaluated.
+
+    :param trainer: the running trainer; read-only by convention.
+    :param batch_idx: the batch's index in the test loader.
+    """
+
+
+@hookspec
+def kit_test_step_end(trainer: Trainer, batch_idx: int, loss: torch.Tensor) -> None:
+    """A test batch was evaluated.
+
+    :param trainer: the running trainer; read-only by convention.
+    :param batch_idx: the batch's index in the test loader.
+    :param loss: the batch's mean loss, a detached tensor on the device.
+    """
+
+
+@hookspec
+def kit_test_end(trainer: Trainer, test_results: dict[str, float]) -> None:
+    """The test pass finished and its results were recorded.
+
+    :param trainer: the running trainer; may be changed.
+    :param test_results: ``{"loss": …, "<metric>": …}`` over the whole test set.
+    """
+
+
+@hookspec
+def kit_train_end(trainer: Trainer) -> None:
+    """The run ends: fires once, however it ended; close files and connections here.
+
+    :param trainer: the trainer; ``trainer.status`` is ``finished``, ``failed`` or
+        ``interrupted``, and ``trainer.results`` holds the final results.
+    """
+
+
+# -- anytime -----------------------------------------------------------------------
+
+
+@hookspec
+def kit_metric_recorded(trainer: Trainer, record: MetricRecord) -> None:
+    """A value was recorded through ``trainer.record()``: the one way metrics reach loggers.
+
+    :param trainer: the running trainer; read-only by convention.
+    :param record: the immutable record: ``name`` (namespaced, ``train/loss``), ``value``
+        (a Python number, or text), ``kind`` (``scalar``, ``text``, …), ``split``
+        (``train``, ``val``, ``test`` or None), ``step`` (global optimizer step),
+        ``iteration`` and ``wall_time`` (seconds since the epoch).
+    """
+
+
+@hookspec
+def kit_checkpoint_save(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+    """A checkpoint is about to be written; plugins add their own state to it.
+
+    :param trainer: the running trainer; read-only by convention.
+    :param checkpoint: the mutable checkpoint dict. Add state under
+        ``checkpoint["plugins"]["<your name>"]``, using only tensors and plain Python
+        data (checkpoints load with ``weights_only=True``).
+    """
+
+
+@hookspec
+def kit_checkpoint_load(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+    """A checkpoint was loaded and kit restored its own state; plugins restore theirs.
+
+    :param trainer: the trainer being restored; may be changed.
+    :param checkpoint: the loaded checkpoint dict, as saved.
+    """
+
+
+@hookspec
+def kit_exception(trainer: Trainer, error: BaseException) -> None:
+    """An exception escaped the run; ``kit_train_end`` follows, then it propagates.
+
+    :param trainer: the failing trainer; ``trainer.status`` is ``failed``.
+    :param error: the exception. Hooks must not raise; kit reports the original error.
+    """
+
+
+@hookspec
+def kit_interrupt(trainer: Trainer, signum: int) -> None:
+    """A signal (SIGINT, SIGTERM, …) stopped the run; ``kit_train_end`` follows.
+
+    :param trainer: the interrupted trainer; ``trainer.status`` is ``interrupted``.
+    :param signum: the signal's number.
+    """
+
+
+HOOK_NAMES: tuple[str, ...] = tuple(name for name in list(globals()) if name.startswith("kit_"))
+"""Every hook, in the order this module defines them (firing order)."""

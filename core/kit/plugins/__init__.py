@@ -1,0 +1,16 @@
+"""Plugin discovery and the plugin manager; importing this pulls in neither torch nor click."""
+
+from kit.plugins.discovery import GROUPS, EntryPointSpec, Registry
+from kit.plugins.manager import AUTOLOAD_ENV, PluginChoice, get_plugin_manager, instantiate
+from kit.plugins.relay import HookRelay
+
+__all__ = [
+    "AUTOLOAD_ENV",
+    "GROUPS",
+    "EntryPointSpec",
+    "HookRelay",
+    "PluginChoice",
+    "Registry",
+    "get_plugin_manager",
+    "instantiate",
+]

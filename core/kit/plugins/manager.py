@@ -1,0 +1,148 @@
+"""A fresh, fully set-up pluggy manager from one call; no global manager exists.
+
+Importing this module pulls in neither torch nor click, so other frameworks can embed
+kit's hooks cheaply: ``pm = kit.get_plugin_manager(MyPlugin())``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from kit import hookspecs
+from kit.errors import ConfigError, KitError, PluginLoadError
+from kit.markers import PROJECT
+from kit.plugins.discovery import EntryPointSpec, Registry
+
+__all__ = [
+    "AUTOLOAD_ENV",
+    "PluginChoice",
+    "get_plugin_manager",
+    "instantiate",
+]
+
+AUTOLOAD_ENV = "KIT_DISABLE_PLUGIN_AUTOLOAD"
+"""Set to ``1`` to stop ``kit.plugins`` entry points from loading unless selected."""
+
+
+@dataclass(frozen=True)
+class PluginChoice:
+    """A plugin a run asked for by name: an entry point in ``group`` or ``pkg.mod:attr``."""
+
+    group: str
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    where: str = ""
+    """The config key that asked for it, for error messages (``loggers[1]``)."""
+
+
+def instantiate(obj: Any, options: Mapping[str, Any], *, label: str, where: str = "") -> Any:
+    """Turn a loaded entry point into a plugin object.
+
+    A class is called with its validated options when it declares an ``Options``
+    pydantic model, and with nothing otherwise; a module or an instance is used as is.
+    """
+    key = f"{where}.options" if where else label
+    if not isinstance(obj, type):
+        if options:
+            raise ConfigError(f"{label} takes no options", key=key, hint="remove them")
+        return obj
+    model = getattr(obj, "Options", None)
+    if model is None:
+        if options:
+            raise ConfigError(f"{label} takes no options", key=key, hint="remove them")
+        return obj()
+    from pydantic import ValidationError
+
+    try:
+        validated = model.model_validate(dict(options))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(err["msg"], key=f"{key}.{loc}" if loc else key) from None
+    return obj(validated)
+
+
+def _load_choice(choice: PluginChoice, registry: Registry) -> tuple[str, Any]:
+    if ":" in choice.name:  # an import target, not an entry point
+        spec = EntryPointSpec(group=choice.group, name=choice.name, package="<config>",
+                              value=choice.name)
+        label = choice.name
+    else:
+        try:
+            spec = registry.find(choice.group, choice.name)
+        except KitError as exc:
+            raise ConfigError(exc.message, key=choice.where or None, hint=exc.hint) from None
+        label = spec.label
+    return label, instantiate(spec.load(), choice.options, label=label, where=choice.where)
+
+
+def get_plugin_manager(
+    *plugins: object,
+    choices: Iterable[PluginChoice] = (),
+    registry: Registry | None = None,
+    autoload: bool | None = None,
+    blocked: Iterable[str] = (),
+) -> pluggy.PluginManager:
+    """Build a new plugin manager holding kit's hook specs and the selected plugins.
+
+    :param plugins: plugin objects to register as they are (first, in this order).
+    :param choices: plugins and loggers asked for by name, with their options.
+    :param registry: where entry points come from; the installed packages by default.
+    :param autoload: load every ``kit.plugins`` entry point; default: on unless
+        ``KIT_DISABLE_PLUGIN_AUTOLOAD`` is set.
+    :param blocked: plugin names that must not load (``-p no:NAME``).
+    """
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for name in blocked:
+        pm.set_blocked(name)
+    for plugin in plugins:
+        pm.register(plugin)
+    if autoload is None:
+        autoload = os.environ.get(AUTOLOAD_ENV, "") in ("", "0")
+    choices = list(choices)
+    if autoload or choices:
+        registry = registry if registry is not None else Registry.from_environment()
+    chosen = {c.name for c in choices}
+    if autoload and registry is not None:
+        for spec in registry.group("kit.plugins"):
+            if pm.is_blocked(spec.name) or spec.name in chosen or pm.has_plugin(spec.name):
+                continue
+            _register(pm, spec.name, instantiate(spec.load(), {}, label=spec.label), spec.label)
+    for choice in choices:
+        if pm.is_blocked(choice.name) or pm.has_plugin(choice.name):
+            continue
+        assert registry is not None
+        label, plugin = _load_choice(choice, registry)
+        _register(pm, choice.name, plugin, label)
+    _check_hooks(pm)
+    return pm
+
+
+def _register(pm: pluggy.PluginManager, name: str, plugin: Any, label: str) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginLoadError(label, exc, hint="fix the hook's signature to match kit hooks") from exc
+    except ValueError as exc:  # the same object registered twice
+        raise KitError(f"plugin {label} cannot be registered: {exc}") from exc
+
+
+def _check_hooks(pm: pluggy.PluginManager) -> None:
+    """Refuse ``kit_*`` hook implementations that match no spec (usually a typo)."""
+    for name in dir(pm.hook):
+        if not name.startswith("kit_") or name in hookspecs.HOOK_NAMES:
+            continue
+        caller = getattr(pm.hook, name)
+        for impl in caller.get_hookimpls():
+            if impl.opts.get("optionalhook"):
+                continue
+            close = difflib.get_close_matches(name, hookspecs.HOOK_NAMES, n=1)
+            hint = f"did you mean {close[0]}?" if close else "run `kit hooks` for the list"
+            raise KitError(f"plugin {impl.plugin_name!r} implements unknown hook {name}", hint=hint)

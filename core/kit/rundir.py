@@ -1,0 +1,72 @@
+"""Run directories: ``<runs_dir>/<experiment>/<run-id>/`` and the files kit writes there."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_write", "create_run_dir", "write_json", "write_text"]
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Make ``path`` appear whole or not at all, even if the process dies mid-write.
+
+    ``write`` fills a temporary file in the same folder (so the rename cannot cross
+    file systems) and must fsync it; the rename is then made durable by fsyncing
+    the folder. A failed write leaves the previous ``path`` untouched.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Atomically replace ``path`` with ``text`` (UTF-8)."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    return atomic_write(path, write)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def create_run_dir(runs_dir: Path, experiment: str) -> Path:
+    """A new, empty run directory named by start time; concurrent runs never share one."""
+    parent = runs_dir / experiment
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        candidate = parent / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            candidate.mkdir()  # atomic: fails if another run took the name
+        except FileExistsError:
+            continue
+        return candidate
+    raise RuntimeError(f"no free run directory under {parent}")

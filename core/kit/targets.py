@@ -1,0 +1,59 @@
+"""Resolve ``package.module:attr`` import targets named in a config."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from kit.errors import TargetError
+
+__all__ = ["resolve_target"]
+
+
+def _evict_foreign(module_name: str, base_dir: Path) -> None:
+    """Drop a cached module of the same name that came from another config's folder.
+
+    Two example folders may both have a ``model.py``; without this the second config
+    would silently get the first folder's module.
+    """
+    top = module_name.split(".")[0]
+    local = base_dir / top
+    if not (local.with_suffix(".py").is_file() or local.is_dir()):
+        return
+    cached = sys.modules.get(top)
+    origin = getattr(cached, "__file__", None)
+    if cached is None or (origin and Path(origin).resolve().is_relative_to(base_dir.resolve())):
+        return
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[name]
+
+
+def resolve_target(target: str, *, key: str, base_dir: Path | None = None) -> Any:
+    """Import ``target`` (searching ``base_dir`` first) and return the named attribute."""
+    module_name, _, attr = target.partition(":")
+    if base_dir is not None:
+        folder = str(base_dir)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        _evict_foreign(module_name, base_dir)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        where = f" (searched {base_dir} and the installed packages)" if base_dir else ""
+        raise TargetError(
+            f"cannot import {module_name!r}{where}: {exc}",
+            key=key,
+            hint="check the module path before the colon",
+        ) from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise TargetError(
+                f"module {module_name!r} has no attribute {attr!r}",
+                key=key,
+                hint="check the name after the colon",
+            ) from None
+    return obj
