@@ -48,7 +48,8 @@ class PluginLoadError(KitError):
     def __init__(self, entry: str, cause: BaseException, *, hint: str | None = None) -> None:
         self.entry = entry
         self.cause = cause
-        detail = f"{type(cause).__name__}: {cause}"
+        lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+        detail = f"{type(cause).__name__}: {'; '.join(lines)}"  # always one line
         super().__init__(f"plugin {entry} failed to load: {detail}", hint=hint)
 
 

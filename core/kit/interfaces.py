@@ -20,8 +20,9 @@ __all__ = ["Backend", "CheckpointFormat", "State"]
 class State(ABC):
     """A mode of the trainer (the State pattern; :class:`~kit.trainer.Trainer` is the context).
 
-    :meth:`run` is the template every mode follows: choose the run directory, build the
-    components, restore what the mode restores, then :meth:`execute` inside the trainer's
+    :meth:`run` is the template every mode follows: build the components (so a bad
+    config fails before anything is written), choose the run directory, restore what
+    the mode restores, then :meth:`execute` inside the trainer's
     session (which fires ``kit_train_begin``/``kit_train_end`` and handles failures).
     A custom mode subclasses this and overrides the steps it changes.
     """
@@ -44,8 +45,8 @@ class State(ABC):
 
     def run(self) -> dict[str, Any]:
         trainer = self.trainer
-        trainer.run_dir = self.open_run_dir()
         trainer.build()
+        trainer.run_dir = self.open_run_dir()
         self.restore()
         with trainer.session(mode=self.name):
             self.execute()

@@ -91,7 +91,7 @@ class Trainer:
         self.test_loader: torch.utils.data.DataLoader[Any] | None = None
         self.loss_fn: components.LossFn | None = None
         self.metric_types: list[type[Metric]] = []
-        self.checkpoints: CheckpointStore | None = None
+        self.checkpoint_format: CheckpointFormat | None = None
         self.backend: Backend | None = None
 
         self.pm = get_plugin_manager(
@@ -134,11 +134,16 @@ class Trainer:
         state_cls = self._load("kit.states", self.mode, "--mode")
         if not (isinstance(state_cls, type) and issubclass(state_cls, State)):
             raise KitError(f"mode {self.mode!r} is not a kit.State subclass: {state_cls!r}")
-        backend_cls = self._load("kit.backends", self.config.backend, "backend")
-        if not (isinstance(backend_cls, type) and issubclass(backend_cls, Backend)):
-            raise KitError(f"backend {self.config.backend!r} is not a kit.Backend: {backend_cls!r}")
-        self.backend = backend_cls()
+        self._ensure_backend()  # fail on a bad name before any run directory exists
         return state_cls(self).run()
+
+    def _ensure_backend(self) -> Backend:
+        if self.backend is None:
+            backend_cls = self._load("kit.backends", self.config.backend, "backend")
+            if not (isinstance(backend_cls, type) and issubclass(backend_cls, Backend)):
+                raise KitError(f"backend {self.config.backend!r} is not a kit.Backend: {backend_cls!r}")
+            self.backend = backend_cls()
+        return self.backend
 
     def build(self) -> None:
         """Seed, then build model, data, loss, metrics, optimizer and scheduler, and set up."""
@@ -151,11 +156,7 @@ class Trainer:
             raise ConfigError("fp16 needs CUDA", key="training.precision", hint="use bf16 on CPU")
         seed_everything(train.seed, deterministic=train.deterministic)
         fmt_cls = self._load("kit.checkpoint_formats", cfg.checkpoint.format, "checkpoint.format")
-        fmt: CheckpointFormat = fmt_cls()
-        if self.run_dir is not None:
-            self.checkpoints = CheckpointStore(
-                self.run_dir / "checkpoints", fmt, keep_last=cfg.checkpoint.keep_last
-            )
+        self.checkpoint_format: CheckpointFormat = fmt_cls()
         self.device = resolve_device(train.device)
         from kit.targets import resolve_target
 
@@ -177,8 +178,7 @@ class Trainer:
         self.model.to(self.device)  # before the optimizer: its state follows the parameters
         self.optimizer = components.build_optimizer(cfg.optimizer, self.model, base)
         self.scheduler = components.build_scheduler(cfg.scheduler, self.optimizer, base)
-        assert self.backend is not None
-        self.backend.setup(self)
+        self._ensure_backend().setup(self)
 
     @contextlib.contextmanager
     def session(self, *, mode: str) -> Iterator[None]:
@@ -272,13 +272,22 @@ class Trainer:
             "plugins": {},
         }
 
+    @property
+    def checkpoints(self) -> CheckpointStore | None:
+        """This run's checkpoints; ``None`` until a run directory and a format exist."""
+        if self.run_dir is None or self.checkpoint_format is None:
+            return None
+        return CheckpointStore(self.run_dir / "checkpoints", self.checkpoint_format,
+                               keep_last=self.config.checkpoint.keep_last)
+
     def save_checkpoint(self) -> Path | None:
         """Let plugins add their state, then write a checkpoint atomically."""
-        if self.checkpoints is None:
+        store = self.checkpoints
+        if store is None:
             return None
         checkpoint = self.state_dict()
         self.hooks.call("kit_checkpoint_save", trainer=self, checkpoint=checkpoint)
-        return self.checkpoints.save(checkpoint, self.iteration)
+        return store.save(checkpoint, self.iteration)
 
 
 def resolve_device(name: str) -> torch.device:
