@@ -193,8 +193,10 @@ def _read(path: Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
     except Exception as exc:  # yaml and toml raise their own trees
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot parse {path}: {first}", hint="fix the file's syntax") from None
+        mark = getattr(exc, "problem_mark", None)
+        detail = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"cannot parse {path}{where}: {detail}", hint="fix the file's syntax") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
