@@ -69,9 +69,9 @@ class TorchBackend(kit.Backend):
                 loss = trainer.loss_fn(self.forward(inputs), targets)
         scaled = loss / accum if accum > 1 else loss
         if self.scaler is not None:
-            self.scaler.scale(scaled).backward()
+            self.scaler.scale(scaled).backward()  # type: ignore[no-untyped-call]
         else:
-            scaled.backward()
+            scaled.backward()  # type: ignore[no-untyped-call]
         loss = loss.detach()
         self.window.append(loss)
         if optimizer_step:
@@ -136,10 +136,9 @@ class TorchBackend(kit.Backend):
             self._fit_steps(trainer)
 
     def _set_epoch(self, trainer: Trainer) -> None:
-        loader = trainer.train_loader
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(trainer.epoch)
+        set_epoch = getattr(getattr(trainer.train_loader, "sampler", None), "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(trainer.epoch)
 
     def _fit_epochs(self, trainer: Trainer) -> None:
         cfg = trainer.config.training

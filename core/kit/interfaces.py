@@ -36,7 +36,7 @@ class State(ABC):
     def open_run_dir(self) -> Path:
         """Create or find the run directory this mode writes to."""
 
-    def restore(self) -> None:
+    def restore(self) -> None:  # noqa: B027 - optional step, empty on purpose
         """Load whatever this mode starts from (a checkpoint); a new run loads nothing."""
 
     @abstractmethod

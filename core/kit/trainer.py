@@ -156,7 +156,7 @@ class Trainer:
             raise ConfigError("fp16 needs CUDA", key="training.precision", hint="use bf16 on CPU")
         seed_everything(train.seed, deterministic=train.deterministic)
         fmt_cls = self._load("kit.checkpoint_formats", cfg.checkpoint.format, "checkpoint.format")
-        self.checkpoint_format: CheckpointFormat = fmt_cls()
+        self.checkpoint_format = fmt_cls()
         self.device = resolve_device(train.device)
         from kit.targets import resolve_target
 
@@ -319,7 +319,8 @@ def _rng_state() -> dict[str, Any]:
         import numpy as np
     except ImportError:
         return rng
-    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    np_state: Any = np.random.get_state()
+    name, keys, pos, has_gauss, cached = np_state
     rng["numpy"] = [name, torch.from_numpy(keys.astype("int64")), pos, has_gauss, cached]
     return rng
 

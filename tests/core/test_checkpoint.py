@@ -56,7 +56,7 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path: Path, monkeypatch: py
 def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "iter-000001.pt"
     path.write_bytes(b"\x00garbage")
-    with pytest.raises(CheckpointError, match="iter-000001.pt"):
+    with pytest.raises(CheckpointError, match=r"iter-000001\.pt"):
         TorchFormat().load(path)
 
 

@@ -61,7 +61,8 @@ def test_options_are_validated_by_the_plugins_own_model() -> None:
         PluginChoice("kit.plugins", "opt", {"threshold": 0.9}, "plugins[0]")])
     pm.hook.kit_train_begin(trainer=None)
     assert fake_plugins.CALLS == ["with_options:0.9"]
-    with pytest.raises(ConfigError, match=r"^plugins\[0\]\.options\.threshold: Input should be a valid number"):
+    expected = r"^plugins\[0\]\.options\.threshold: Input should be a valid number"
+    with pytest.raises(ConfigError, match=expected):
         get_plugin_manager(registry=reg, autoload=False, choices=[
             PluginChoice("kit.plugins", "opt", {"threshold": "high"}, "plugins[0]")])
     with pytest.raises(ConfigError, match=r"plugins\[0\]\.options\.colour: Extra inputs"):
@@ -83,7 +84,8 @@ def test_plugins_by_import_target() -> None:
 
 
 def test_unknown_hook_is_refused_with_a_suggestion() -> None:
-    with pytest.raises(KitError, match=r"implements unknown hook kit_step_ends \(did you mean kit_step_end\?\)"):
+    expected = r"implements unknown hook kit_step_ends \(did you mean kit_step_end\?\)"
+    with pytest.raises(KitError, match=expected):
         get_plugin_manager(fake_plugins.Typo(), autoload=False)
 
 
