@@ -226,12 +226,18 @@ class TorchBackend(kit.Backend):
     def _end_iteration(self, trainer: Trainer, iteration: int, metrics: dict[str, float]) -> None:
         cfg = trainer.config.training
         last = iteration == cfg.iterations or trainer.should_stop
+        val: dict[str, float] = {}
         if trainer.val_loader is not None and (iteration % cfg.eval_frequency == 0 or last):
             val = self.validate(trainer, iteration)
             metrics.update({f"val/{k}": v for k, v in val.items()})
-        if trainer.scheduler is not None and trainer.config.scheduler is not None \
+        scheduler = trainer.scheduler
+        if scheduler is not None and trainer.config.scheduler is not None \
                 and trainer.config.scheduler.interval == "iteration":
-            trainer.scheduler.step()
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                if val:  # it needs a metric: the validation loss, when there is one
+                    scheduler.step(val["loss"])
+            else:
+                scheduler.step()
         if iteration % cfg.save_frequency == 0 or last:
             trainer.save_checkpoint()
         if trainer.hooks.kit_iteration_end is not None:

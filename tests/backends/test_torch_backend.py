@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import torch
+from recorder import Recorder
 
 import kit
 
@@ -64,6 +65,17 @@ def test_scheduler_interval(kit_config: Any, interval: str, expected_steps: int)
     trainer = trained(config)
     assert trainer.optimizer is not None
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**expected_steps)
+
+
+def test_plateau_scheduler_steps_on_validation_loss(kit_config: Any) -> None:
+    recorder = Recorder()
+    config = kit_config(training={"iterations": 3},
+                        scheduler={"name": "reducelronplateau", "kwargs": {"patience": 0}})
+    trainer = trained(config, recorder)
+    val_losses = [r.value for r in recorder.records if r.name == "val/loss"]
+    assert len(val_losses) == 3
+    assert trainer.scheduler is not None and trainer.scheduler.last_epoch == 3
+    assert trainer.scheduler.best == pytest.approx(min(val_losses))
 
 
 def test_inference_batch_size_is_used_for_evaluation(kit_config: Any) -> None:

@@ -44,9 +44,9 @@ def env_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return python
 
 
-def kit(python: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def kit(python: Path, *args: str, cwd: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "KIT_DISABLE_PLUGIN_AUTOLOAD"}
-    env.update(COLUMNS="200", PYTHONPATH=str(TESTS))
+    env.update(COLUMNS="200", PYTHONPATH=str(TESTS), **extra_env)
     return subprocess.run([str(python), "-m", "kit", *args], capture_output=True, text=True,
                           cwd=cwd, env=env)
 
@@ -77,12 +77,19 @@ def test_kit_run_uses_the_plugin_and_its_logger(env_python: Path, tmp_path: Path
     assert json.loads((run_dir / "step-counter.json").read_text()) == {"steps": 8}
 
 
-def test_plugin_can_be_blocked(env_python: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("flags", "env", "loaded"), [
+    (["-p", "no:step-counter"], {}, False),
+    ([], {"KIT_DISABLE_PLUGIN_AUTOLOAD": "1"}, False),
+    (["-p", "step-counter"], {"KIT_DISABLE_PLUGIN_AUTOLOAD": "1"}, True),
+])
+def test_autoload_can_be_blocked_or_disabled(
+    env_python: Path, tmp_path: Path, flags: list[str], env: dict[str, str], loaded: bool
+) -> None:
     sys.path.insert(0, str(TESTS))
     from conftest import base_config
 
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(base_config(tmp_path)))
-    result = kit(env_python, "-p", "no:step-counter", "run", "config.yaml", cwd=tmp_path)
+    result = kit(env_python, *flags, "run", "config.yaml", cwd=tmp_path, **env)
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "runs" / "tiny").iterdir()
-    assert not (run_dir / "step-counter.json").exists()
+    assert (run_dir / "step-counter.json").exists() == loaded
