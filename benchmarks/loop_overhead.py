@@ -1,6 +1,6 @@
 """Per-step cost of kit's loop against a raw PyTorch loop, in one run, on the same data.
 
-    python benchmarks/loop_overhead.py [--epochs 12] [--repeats 5] [--json out.json]
+    python benchmarks/loop_overhead.py [--epochs 12] [--repeats 5] [--threads 1] [--json out.json]
 
 Both train the same 64-64-10 MLP with Adam at batch 32 on CPU from the same
 DataLoader setup. Timing covers epochs 2..N (epoch 1 is warm-up) and stops at the
@@ -106,8 +106,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1 keeps tiny-op timings steady)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
     variants: dict[str, list[object] | None] = {
