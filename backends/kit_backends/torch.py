@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -43,6 +44,8 @@ class TorchBackend(kit.Backend):
         self.window: list[torch.Tensor] = []  # losses since the last log, on the device
         self.iter_sum: torch.Tensor | float = 0.0
         self.iter_count = 0
+        self.samples = 0  # since the last log, for throughput
+        self.logged_at = (time.perf_counter(), trainer.global_step)
 
     # -- one batch ------------------------------------------------------------------
 
@@ -60,6 +63,7 @@ class TorchBackend(kit.Backend):
 
     def _train_batch(self, trainer: Trainer, batch: Any, optimizer_step: bool) -> torch.Tensor:
         inputs, targets = self._batch(batch)
+        self.samples += len(targets)
         accum = trainer.config.training.grad_accum
         assert trainer.loss_fn is not None
         if self.amp_dtype is None:
@@ -110,11 +114,17 @@ class TorchBackend(kit.Backend):
         self.window.clear()
         if not record:
             return None
-        value = float(stacked.mean())
+        value = float(stacked.mean())  # the sync: after it, host time is device time
+        now, (since, step0) = time.perf_counter(), self.logged_at
+        steps, samples = trainer.global_step - step0, self.samples
+        self.logged_at, self.samples = (now, trainer.global_step), 0
         trainer.record("train/loss", value, split="train")
         optimizer = trainer.optimizer
         assert optimizer is not None
         trainer.record("train/lr", optimizer.param_groups[0]["lr"], split="train")
+        if steps > 0 and now > since:
+            trainer.record("train/step_time", (now - since) / steps, split="train")
+            trainer.record("train/throughput", samples / (now - since), split="train")
         return value
 
     def _take_iteration_loss(self) -> float | None:
@@ -238,8 +248,11 @@ class TorchBackend(kit.Backend):
                     scheduler.step(val["loss"])
             else:
                 scheduler.step()
-        if iteration % cfg.save_frequency == 0 or last:
+        saved = iteration % cfg.save_frequency == 0 or last
+        if saved:
             trainer.save_checkpoint()
+        if val or saved:  # keep evaluation and checkpoint time out of step_time and throughput
+            self.logged_at, self.samples = (time.perf_counter(), trainer.global_step), 0
         if trainer.hooks.kit_iteration_end is not None:
             trainer.hooks.kit_iteration_end(trainer=trainer, iteration=iteration, metrics=metrics)
 

@@ -123,15 +123,18 @@ class PluginConfig(_Model):
 
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
+    strict: bool = Field(False, description="loggers: a failure ends the run instead of disabling it")
 
 
 def _named(value: Any) -> Any:
-    """Accept ``name``, ``{name: {…options}}`` or ``{name: …, options: {…}}``."""
+    """Accept ``name``, ``{name: {…options, strict?}}`` or ``{name: …, options: {…}}``."""
     if isinstance(value, str):
         return {"name": value}
     if isinstance(value, dict) and len(value) == 1 and "name" not in value:
         ((name, options),) = value.items()
-        return {"name": name, "options": options or {}}
+        options = dict(options or {}) if isinstance(options, dict) else options
+        strict = options.pop("strict", False) if isinstance(options, dict) else False
+        return {"name": name, "options": options, "strict": strict}
     return value
 
 

@@ -26,7 +26,7 @@ from kit.data import build_loaders
 from kit.errors import ConfigError, KitError
 from kit.interfaces import Backend, CheckpointFormat, State
 from kit.metrics import Metric, MetricKind, MetricRecord, Split
-from kit.plugins import HookRelay, PluginChoice, Registry, get_plugin_manager
+from kit.plugins import HookRelay, Isolated, PluginChoice, Registry, get_plugin_manager
 from kit.rundir import write_json
 from kit.seed import seed_everything
 
@@ -82,6 +82,9 @@ class Trainer:
         """Final results by split: ``{"val": {…}, "test": {…}}``."""
         self.run_dir: Path | None = None
         self.device = torch.device("cpu")
+        self.rank = 0
+        """This process's global rank; loggers write only where ``is_global_zero``."""
+        self.world_size = 1
 
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -109,11 +112,40 @@ class Trainer:
     def _choices(self) -> list[PluginChoice]:
         cfg = self.config
         return [
-            *(PluginChoice("kit.loggers", p.name, p.options, f"loggers[{i}]")
+            *(PluginChoice("kit.loggers", p.name, p.options, f"loggers[{i}]", isolate=not p.strict)
               for i, p in enumerate(cfg.loggers)),
             *(PluginChoice("kit.plugins", p.name, p.options, f"plugins[{i}]")
               for i, p in enumerate(cfg.plugins)),
         ]
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def failed_plugins(self) -> dict[str, str]:
+        """Isolated plugins (loggers) that failed and were disabled: name -> what broke."""
+        return {
+            name: plugin.failure for name, plugin in self.pm.list_name_plugin()
+            if isinstance(plugin, Isolated) and plugin.failure is not None
+        }
+
+    def hparams(self) -> dict[str, Any]:
+        """The resolved config flattened to ``{"training.iterations": 20, …}``, for loggers."""
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):  # an empty one adds nothing
+                for key, item in value.items():
+                    walk(f"{prefix}.{key}" if prefix else str(key), item)
+            elif isinstance(value, list):
+                flat[prefix] = ", ".join(map(str, value)) if all(
+                    not isinstance(v, dict | list) for v in value) else str(value)
+            else:
+                flat[prefix] = value
+
+        walk("", self.config.resolved())
+        return flat
 
     def add_plugin(self, plugin: object, name: str | None = None) -> None:
         """Register a plugin mid-run (a logger's progress bars, say) and re-resolve hooks."""
@@ -230,6 +262,7 @@ class Trainer:
             "global_step": self.global_step,
             "duration_s": round(time.time() - self._started, 3),
             "results": self.results,
+            "failed_loggers": self.failed_plugins,
             "kit_version": __version__,
         })
 

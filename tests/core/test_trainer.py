@@ -158,3 +158,26 @@ def test_plugins_not_installed_are_refused(kit_config: Any) -> None:
     with pytest.raises(ConfigError, match=r"^plugins\[0\]: unknown plugin 'ghost'"):
         kit.Trainer(kit_config(plugins=["ghost"]), autoload=False)
     assert issubclass(ConfigError, kit.KitError) and not issubclass(ConfigError, PluginNotFoundError)
+
+
+def test_hparams_flatten_the_resolved_config(kit_config: Any) -> None:
+    trainer = kit.Trainer(kit_config(loggers=["jsonl"], optimizer={"kwargs": {"momentum": 0.9}}),
+                          autoload=False)
+    hp = trainer.hparams()
+    assert hp["training.iterations"] == 2 and hp["optimizer.kwargs.momentum"] == 0.9
+    assert hp["model.target"] == "tiny_task:build_model"
+    assert hp["task.metrics"] == "accuracy"
+    assert all(not isinstance(v, dict | list) for v in hp.values())
+
+
+def test_step_time_and_throughput_are_logged_with_the_loss(kit_config: Any) -> None:
+    recorder = Recorder()
+    run(kit_config(training={"iterations": 2, "log_every_n_steps": 2}), recorder)
+    by_name: dict[str, list[kit.MetricRecord]] = {}
+    for r in recorder.records:
+        by_name.setdefault(r.name, []).append(r)
+    assert [r.step for r in by_name["train/step_time"]] == [r.step for r in by_name["train/loss"]]
+    assert all(0 < r.value < 1 for r in by_name["train/step_time"])
+    # 2 steps of 8 samples per window: throughput = samples / time = 8 / step_time
+    for t, s in zip(by_name["train/throughput"], by_name["train/step_time"], strict=True):
+        assert t.value == pytest.approx(8 / s.value, rel=1e-6)

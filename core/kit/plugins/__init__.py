@@ -1,6 +1,7 @@
 """Plugin discovery and the plugin manager; importing this pulls in neither torch nor click."""
 
 from kit.plugins.discovery import GROUPS, EntryPointSpec, Registry
+from kit.plugins.isolation import Isolated
 from kit.plugins.manager import AUTOLOAD_ENV, PluginChoice, get_plugin_manager, instantiate
 from kit.plugins.relay import HookRelay
 
@@ -9,6 +10,7 @@ __all__ = [
     "GROUPS",
     "EntryPointSpec",
     "HookRelay",
+    "Isolated",
     "PluginChoice",
     "Registry",
     "get_plugin_manager",

@@ -18,6 +18,7 @@ from kit import hookspecs
 from kit.errors import ConfigError, KitError, PluginLoadError
 from kit.markers import PROJECT
 from kit.plugins.discovery import EntryPointSpec, Registry
+from kit.plugins.isolation import Isolated
 
 __all__ = [
     "AUTOLOAD_ENV",
@@ -39,6 +40,8 @@ class PluginChoice:
     options: Mapping[str, Any] = field(default_factory=dict)
     where: str = ""
     """The config key that asked for it, for error messages (``loggers[1]``)."""
+    isolate: bool = False
+    """Report and disable the plugin when a hook raises, instead of failing the run."""
 
 
 def instantiate(obj: Any, options: Mapping[str, Any], *, label: str, where: str = "") -> Any:
@@ -120,7 +123,7 @@ def get_plugin_manager(
             continue
         assert registry is not None
         label, plugin = _load_choice(choice, registry)
-        _register(pm, choice.name, plugin, label)
+        _register(pm, choice.name, Isolated(plugin, label) if choice.isolate else plugin, label)
     _check_hooks(pm)
     return pm
 

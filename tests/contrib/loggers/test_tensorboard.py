@@ -1,0 +1,58 @@
+"""The tensorboard logger, read back with TensorBoard's own EventAccumulator."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from typing import Any
+
+import pytest
+
+import kit
+
+event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+
+
+class TextAndHistogram:
+    @kit.hookimpl
+    def kit_val_end(self, trainer: kit.Trainer, iteration: int) -> None:
+        trainer.record("notes/val", f"validated iteration {iteration}", kind="text", split="val")
+        trainer.record("weights/first", trainer.model[0].weight.flatten(), kind="histogram")
+
+
+def test_every_record_is_read_back_at_its_step(kit_config: Any) -> None:
+    from recorder import Recorder
+
+    recorder = Recorder()
+    trainer = kit.Trainer(kit_config(loggers=["tensorboard"], training={"iterations": 2}),
+                          plugins=[recorder, TextAndHistogram()], autoload=False)
+    trainer.run()
+    assert trainer.run_dir is not None
+    acc = event_accumulator.EventAccumulator(
+        str(trainer.run_dir / "tensorboard"),
+        size_guidance={"scalars": 0, "tensors": 0, "histograms": 0})
+    acc.Reload()
+    scalars = [r for r in recorder.records if r.kind == "scalar"]
+    assert {r.name for r in scalars} >= {"train/loss", "val/accuracy", "test/loss"}
+    for name in {r.name for r in scalars}:
+        expected = [(r.step, pytest.approx(r.value, rel=1e-6)) for r in scalars if r.name == name]
+        assert [(e.step, e.value) for e in acc.Scalars(name)] == expected, name
+    texts = acc.Tensors("notes/val/text_summary")
+    assert [t.step for t in texts] == [4, 8]
+    assert texts[0].tensor_proto.string_val[0] == b"validated iteration 1"
+    assert [h.step for h in acc.Histograms("weights/first")] == [4, 8]
+    hparams = acc.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in hparams
+    assert b"training.iterations" in hparams["_hparams_/session_start_info"]
+
+
+def test_missing_tensorboard_is_named_with_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = kit.Registry.from_environment().find("kit.loggers", "tensorboard")
+    real = md.distribution
+
+    def without_tensorboard(name: str) -> Any:
+        if name == "tensorboard":
+            raise md.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(md, "distribution", without_tensorboard)
+    assert spec.problems() == ["missing tensorboard: install `kit-trainer[tensorboard]`"]
