@@ -84,7 +84,7 @@ class _Clock:
             self.steps = trainer.global_step - self.steps
 
 
-def kit_loop(epochs: int, loggers: list[object], runs_dir: Path) -> float:
+def kit_loop(epochs: int, loggers: list[object], runs_dir: Path, *, log_every: int = 50) -> float:
     config = kit.KitConfig.model_validate({
         "experiment": "bench",
         "runs_dir": str(runs_dir),
@@ -92,7 +92,8 @@ def kit_loop(epochs: int, loggers: list[object], runs_dir: Path) -> float:
         "data": {"target": "loop_overhead:build_data", "batch_size": BATCH},
         "task": {"metrics": []},
         "optimizer": {"name": "adam", "lr": 1e-3},
-        "training": {"iterations": epochs, "save_frequency": epochs, "device": "cpu"},
+        "training": {"iterations": epochs, "save_frequency": epochs, "device": "cpu",
+                     "log_every_n_steps": log_every},
         "loggers": loggers,
     })
     config.base_dir = Path(__file__).resolve().parent
