@@ -117,7 +117,12 @@ def get_plugin_manager(
         for spec in registry.group("kit.plugins"):
             if pm.is_blocked(spec.name) or spec.name in chosen or pm.has_plugin(spec.name):
                 continue
-            _register(pm, spec.name, instantiate(spec.load(), {}, label=spec.label), spec.label)
+            try:
+                loaded = spec.load()
+            except PluginLoadError as exc:  # say how to run without it
+                raise PluginLoadError(spec.label, exc.cause,
+                                      hint=exc.hint or f"skip it with `kit -p no:{spec.name} …`") from exc
+            _register(pm, spec.name, instantiate(loaded, {}, label=spec.label), spec.label)
     for choice in choices:
         if pm.is_blocked(choice.name) or pm.has_plugin(choice.name):
             continue

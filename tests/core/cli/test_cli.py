@@ -143,3 +143,31 @@ def test_a_failure_in_user_code_keeps_its_traceback(write_config: Any, tmp_path:
     result = kit_process("run", str(path), cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "boom in user code" in result.stderr
+
+
+def test_a_broken_plugin_breaks_only_the_runs_that_load_it(
+    write_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kit.cli import CliState
+    from kit.plugins import EntryPointSpec, Registry
+
+    monkeypatch.delenv("KIT_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    broken = EntryPointSpec(group="kit.plugins", name="broken", package="acme",
+                            value="broken_plugin_mod:Plugin")
+    registry = Registry([*Registry.from_environment().specs, broken])
+
+    def invoke(*args: str) -> Any:
+        return CliRunner().invoke(main, list(args), obj=CliState(_registry=registry),
+                                  catch_exceptions=False)
+
+    listed = invoke("plugins", "list", "--json", "--check")
+    assert listed.exit_code == 0
+    row = next(json.loads(line) for line in listed.output.splitlines() if '"broken"' in line)
+    assert row["status"].startswith("error: ModuleNotFoundError")
+    assert invoke("hooks").exit_code == 0
+    path = str(write_config())
+    failed = invoke("run", path)
+    assert failed.exit_code == 2
+    assert failed.stderr.startswith("Error: plugin acme[broken] failed to load: ModuleNotFoundError")
+    assert "skip it with `kit -p no:broken …`" in failed.stderr
+    assert invoke("-p", "no:broken", "run", path).exit_code == 0

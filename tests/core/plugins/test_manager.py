@@ -51,8 +51,10 @@ def test_blocked_plugins_never_load() -> None:
 
 
 def test_broken_autoloaded_plugin_names_package_and_entry() -> None:
-    with pytest.raises(PluginLoadError, match=r"fake\[broken\] failed to load"):
+    with pytest.raises(PluginLoadError, match=r"fake\[broken\] failed to load") as info:
         get_plugin_manager(registry=registry(("broken", "broken_plugin_mod:X")), autoload=True)
+    assert str(info.value).endswith("(skip it with `kit -p no:broken …`)")
+    assert "\n" not in str(info.value)
 
 
 def test_options_are_validated_by_the_plugins_own_model() -> None:
