@@ -29,6 +29,7 @@ from kit.metrics import Metric, MetricKind, MetricRecord, Split
 from kit.plugins import HookRelay, Isolated, PluginChoice, Registry, get_plugin_manager
 from kit.rundir import write_json
 from kit.seed import seed_everything
+from kit.targets import resolve_target
 
 __all__ = ["Trainer"]
 
@@ -190,8 +191,6 @@ class Trainer:
         fmt_cls = self._load("kit.checkpoint_formats", cfg.checkpoint.format, "checkpoint.format")
         self.checkpoint_format = fmt_cls()
         self.device = resolve_device(train.device)
-        from kit.targets import resolve_target
-
         factory = resolve_target(cfg.model.target, key="model.target", base_dir=base)
         model = components.call_factory(factory, cfg.model.kwargs, key="model")
         if not isinstance(model, torch.nn.Module):
