@@ -22,6 +22,7 @@ from kit.interfaces import Backend, CheckpointFormat, State
 from kit.markers import hookimpl, hookspec
 from kit.metrics import Metric, MetricRecord
 from kit.plugins import HookRelay, PluginChoice, Registry, get_plugin_manager
+from kit.rundir import atomic_write
 
 if TYPE_CHECKING:
     from kit.config import KitConfig, load_config
@@ -48,6 +49,7 @@ __all__ = [
     "TargetError",
     "Trainer",
     "__version__",
+    "atomic_write",
     "get_plugin_manager",
     "hookimpl",
     "hookspec",
