@@ -48,7 +48,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on kit, kit_backends and kit_contrib."""
-    install(session, "-e", ".", groups=("typecheck",))
+    install(session, "-e", ".[safetensors,lightning]", groups=("typecheck",))
     session.run("mypy")
 
 

@@ -9,8 +9,10 @@ mixed precision asks for one.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -140,15 +142,29 @@ class TorchBackend(kit.Backend):
     def fit(self, trainer: Trainer) -> None:
         assert trainer.model is not None
         trainer.model.train()
+        self.logged_at, self.samples = (time.perf_counter(), trainer.global_step), 0
         if trainer.config.training.type == "epoch":
             self._fit_epochs(trainer)
         else:
             self._fit_steps(trainer)
 
-    def _set_epoch(self, trainer: Trainer) -> None:
-        set_epoch = getattr(getattr(trainer.train_loader, "sampler", None), "set_epoch", None)
+    def _batches(self, trainer: Trainer, skip: int) -> Iterator[Any]:
+        """The batches of pass ``trainer.epoch``, after the first ``skip`` (a resumed pass)."""
+        loader = trainer.train_loader
+        assert loader is not None
+        sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, kit.EpochSampler) and loader.batch_size:
+            sampler.set_epoch(trainer.epoch, start=skip * loader.batch_size)  # O(1): no replay
+            return iter(loader)
+        set_epoch = getattr(sampler, "set_epoch", None)
         if set_epoch is not None:
             set_epoch(trainer.epoch)
+        batches: Iterator[Any] = iter(loader)
+        if skip:
+            warnings.warn(f"the training loader has no kit.EpochSampler: replaying {skip} batches to "
+                          "reach the resume point", stacklevel=2)
+            batches = itertools.islice(batches, skip, None)
+        return batches
 
     def _fit_epochs(self, trainer: Trainer) -> None:
         cfg = trainer.config.training
@@ -156,32 +172,49 @@ class TorchBackend(kit.Backend):
         loader = trainer.train_loader
         assert loader is not None
         accum = cfg.grad_accum
-        try:
-            n_batches: int | None = len(loader)
-        except TypeError:  # an IterableDataset without a length
-            n_batches = None
-        for iteration in range(trainer.iteration + 1, cfg.iterations + 1):
+        resuming = trainer.phase != "done"  # a checkpoint taken inside an iteration
+        first = trainer.iteration if resuming else trainer.iteration + 1
+        for iteration in range(first, cfg.iterations + 1):
             trainer.iteration = iteration
+            if resuming and trainer.phase == "end":  # trained; its validation and end were cut short
+                resuming = False
+                self._end_iteration(trainer, iteration, {})
+                if trainer.should_stop:
+                    break
+                continue
+            skip = trainer.epoch_batches if resuming else 0
+            resuming = False
+            trainer.phase = "train"
             if hooks.kit_iteration_begin is not None:
                 hooks.kit_iteration_begin(trainer=trainer, iteration=iteration)
-            self._set_epoch(trainer)
+            batches = self._batches(trainer, skip)
+            try:
+                n_batches: int | None = skip + len(loader)
+            except TypeError:  # an IterableDataset without a length
+                n_batches = None
             step_begin, step_end = hooks.kit_step_begin, hooks.kit_step_end
-            batch_idx = -1
+            batch_idx = skip - 1
             exhausted = True
-            for batch_idx, batch in enumerate(loader):
+            for batch_idx, batch in enumerate(batches, start=skip):
                 trainer.batch_idx = batch_idx
+                trainer.epoch_batches = batch_idx + 1
                 if step_begin is not None:
                     step_begin(trainer=trainer, iteration=iteration, batch_idx=batch_idx)
                 due = (batch_idx + 1) % accum == 0 or batch_idx + 1 == n_batches
                 loss = self._train_batch(trainer, batch, due)
                 if step_end is not None:
                     step_end(trainer=trainer, iteration=iteration, batch_idx=batch_idx, loss=loss)
+                if due:
+                    trainer.step_done()  # a stop signal, or a checkpoint due by steps or seconds
                 if trainer.should_stop:
                     exhausted = False
                     break
             if exhausted and n_batches is None and (batch_idx + 1) % accum:
                 self._optimizer_step(trainer)  # flush a partial accumulation
+                trainer.step_done()
             trainer.epoch += 1
+            trainer.epoch_batches = 0
+            trainer.phase = "end"
             if exhausted and hooks.kit_loader_exhausted is not None:
                 hooks.kit_loader_exhausted(trainer=trainer, iteration=iteration)
             self._log_window(trainer, record=False)
@@ -197,13 +230,20 @@ class TorchBackend(kit.Backend):
     def _fit_steps(self, trainer: Trainer) -> None:
         cfg = trainer.config.training
         hooks = trainer.hooks
-        loader = trainer.train_loader
-        assert loader is not None
-        self._set_epoch(trainer)
-        batches: Iterator[Any] = iter(loader)
-        batch_idx = -1
-        for iteration in range(trainer.iteration + 1, cfg.iterations + 1):
+        resuming = trainer.phase != "done"
+        first = trainer.iteration if resuming else trainer.iteration + 1
+        batches = self._batches(trainer, trainer.epoch_batches)
+        batch_idx = trainer.epoch_batches - 1
+        for iteration in range(first, cfg.iterations + 1):
             trainer.iteration = iteration
+            if resuming:  # step-based checkpoints are taken after an iteration's optimizer step
+                resuming = False
+                if trainer.phase == "end":
+                    self._end_iteration(trainer, iteration, {})
+                    if trainer.should_stop:
+                        break
+                    continue
+            trainer.phase = "train"
             if hooks.kit_iteration_begin is not None:
                 hooks.kit_iteration_begin(trainer=trainer, iteration=iteration)
             for micro in range(cfg.grad_accum):
@@ -213,17 +253,18 @@ class TorchBackend(kit.Backend):
                     if hooks.kit_loader_exhausted is not None:
                         hooks.kit_loader_exhausted(trainer=trainer, iteration=iteration)
                     trainer.epoch += 1
-                    self._set_epoch(trainer)
-                    batches, batch_idx = iter(loader), -1
+                    batches, batch_idx = self._batches(trainer, 0), -1
                     batch = next(batches)
                 batch_idx += 1
                 trainer.batch_idx = batch_idx
+                trainer.epoch_batches = batch_idx + 1
                 if hooks.kit_step_begin is not None:
                     hooks.kit_step_begin(trainer=trainer, iteration=iteration, batch_idx=batch_idx)
                 loss = self._train_batch(trainer, batch, micro + 1 == cfg.grad_accum)
                 if hooks.kit_step_end is not None:
                     hooks.kit_step_end(trainer=trainer, iteration=iteration, batch_idx=batch_idx,
                                        loss=loss)
+            trainer.phase = "end"
             metrics: dict[str, float] = {}
             if not self.window:  # the optimizer step just logged
                 value = self._take_iteration_loss()
@@ -234,6 +275,9 @@ class TorchBackend(kit.Backend):
                 break
 
     def _end_iteration(self, trainer: Trainer, iteration: int, metrics: dict[str, float]) -> None:
+        """Validation, the scheduler, a checkpoint when due, then ``kit_iteration_end``."""
+        if trainer.stop_signal is not None:
+            trainer.interrupt()
         cfg = trainer.config.training
         last = iteration == cfg.iterations or trainer.should_stop
         val: dict[str, float] = {}
@@ -248,13 +292,35 @@ class TorchBackend(kit.Backend):
                     scheduler.step(val["loss"])
             else:
                 scheduler.step()
-        saved = iteration % cfg.save_frequency == 0 or last
+        trainer.phase = "done"
+        saved = trainer.checkpoint_due(end_of_iteration=True) or trainer.should_stop
         if saved:
             trainer.save_checkpoint()
         if val or saved:  # keep evaluation and checkpoint time out of step_time and throughput
             self.logged_at, self.samples = (time.perf_counter(), trainer.global_step), 0
         if trainer.hooks.kit_iteration_end is not None:
             trainer.hooks.kit_iteration_end(trainer=trainer, iteration=iteration, metrics=metrics)
+        if trainer.stop_signal is not None:
+            trainer.interrupt()
+
+    # -- resuming -------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "window": torch.stack(self.window) if self.window else None,
+            "iter_sum": torch.as_tensor(self.iter_sum).detach(),
+            "iter_count": self.iter_count,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        window = state.get("window")
+        self.window = list(window.to(self.device).unbind(0)) if window is not None else []
+        if "iter_sum" in state:
+            self.iter_sum = state["iter_sum"].to(self.device)
+            self.iter_count = int(state["iter_count"])
 
     # -- evaluation -----------------------------------------------------------------
 
@@ -270,6 +336,8 @@ class TorchBackend(kit.Backend):
         model.eval()
         with torch.inference_mode(), self._autocast():
             for batch_idx, batch in enumerate(loader):
+                if trainer.stop_signal is not None:
+                    trainer.interrupt()
                 if begin is not None:
                     begin(trainer=trainer, batch_idx=batch_idx)
                 inputs, targets = self._batch(batch)

@@ -27,6 +27,7 @@ from kit.rundir import atomic_write
 if TYPE_CHECKING:
     from kit.config import KitConfig, load_config
     from kit.data import Data, EpochSampler
+    from kit.targets import resolve_target
     from kit.trainer import Trainer
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "load_config",
+    "resolve_target",
 ]
 
 _LAZY = {
@@ -62,6 +64,7 @@ _LAZY = {
     "load_config": "kit.config",
     "Data": "kit.data",
     "EpochSampler": "kit.data",
+    "resolve_target": "kit.targets",
 }
 
 

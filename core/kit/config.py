@@ -114,8 +114,15 @@ class TrainingConfig(_Model):
 
 
 class CheckpointConfig(_Model):
+    """When checkpoints are written and which survive; one is always written at the end."""
+
     format: str = Field("torch", description="an entry point in kit.checkpoint_formats")
-    keep_last: int = Field(2, ge=1, description="how many periodic checkpoints to keep")
+    keep_last: int = Field(2, ge=1, description="keep the newest N checkpoints")
+    keep_best: int = Field(1, ge=0, description="also keep the best K by `monitor`")
+    monitor: str | None = Field(None, description="a recorded metric to rank by, e.g. val/loss")
+    mode: Literal["min", "max"] = Field("min", description="whether a lower or higher monitor is better")
+    every_n_steps: int | None = Field(None, ge=1, description="also save every N optimizer steps")
+    every_n_seconds: float | None = Field(None, gt=0, description="also save every N seconds")
 
 
 class PluginConfig(_Model):

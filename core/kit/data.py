@@ -28,7 +28,8 @@ class EpochSampler(Sampler[int]):
     """A shuffled order that depends only on ``(seed, epoch)``, never on global RNG state.
 
     That makes data order reproducible whatever the model draws from the RNG, and
-    lets a resumed run rebuild the order of any epoch without replaying it.
+    lets a resumed run rebuild any epoch's order and start inside it in O(1)
+    (``set_epoch(epoch, start=samples_done)``) instead of replaying batches.
     """
 
     def __init__(self, size: int, *, seed: int, shuffle: bool = True) -> None:
@@ -36,9 +37,12 @@ class EpochSampler(Sampler[int]):
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Choose the epoch to draw, and skip its first ``start`` samples (a resumed epoch)."""
         self.epoch = epoch
+        self.start = start
 
     def order(self) -> list[int]:
         if not self.shuffle:
@@ -47,10 +51,10 @@ class EpochSampler(Sampler[int]):
         return torch.randperm(self.size, generator=generator).tolist()
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order())
+        return iter(self.order()[self.start:])
 
     def __len__(self) -> int:
-        return self.size
+        return max(0, self.size - self.start)
 
 
 def _as_data(value: Any) -> Data:
@@ -89,6 +93,9 @@ def build_loaders(
                 key="data.target",
             )
         sampler = None
+        # A loader's own generator: creating its iterator then draws nothing from the global
+        # RNG, so a resumed run (which creates one more) keeps the RNG stream of a straight one.
+        generator = torch.Generator().manual_seed(seed)
         if not isinstance(obj, IterableDataset):
             sampler = EpochSampler(len(obj), seed=seed, shuffle=train and config.shuffle)  # type: ignore[arg-type]
         return DataLoader(
@@ -99,6 +106,7 @@ def build_loaders(
             pin_memory=pin_memory,
             drop_last=config.drop_last and train,
             persistent_workers=config.num_workers > 0,
+            generator=generator,
         )
 
     train = loader("train", data.train, True)

@@ -13,6 +13,8 @@ __all__ = [
     "KitError",
     "PluginLoadError",
     "PluginNotFoundError",
+    "RunInterrupted",
+    "RunLockedError",
     "TargetError",
 ]
 
@@ -55,3 +57,21 @@ class PluginLoadError(KitError):
 
 class CheckpointError(KitError):
     """A checkpoint is missing, unreadable, or refused as unsafe."""
+
+
+class RunLockedError(KitError):
+    """Another live process holds the run directory's lock."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped on a signal (SIGTERM, SIGINT, SIGUSR1) after saving a checkpoint.
+
+    Not a :class:`KitError`: nothing is wrong. It subclasses ``KeyboardInterrupt`` so
+    code that already treats Ctrl-C as "stop now" treats it the same; the CLI exits
+    with ``128 + signum``, as a process killed by the signal would.
+    """
+
+    def __init__(self, signum: int, checkpoint: str | None = None) -> None:
+        self.signum = signum
+        self.checkpoint = checkpoint
+        super().__init__(signum)

@@ -7,9 +7,12 @@ Each is registered through its entry-point group and chosen by name:
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from kit.runlock import RunLock
 
 if TYPE_CHECKING:
     from kit.trainer import Trainer
@@ -22,12 +25,19 @@ class State(ABC):
 
     :meth:`run` is the template every mode follows: build the components (so a bad
     config fails before anything is written), choose the run directory, restore what
-    the mode restores, then :meth:`execute` inside the trainer's
-    session (which fires ``kit_train_begin``/``kit_train_end`` and handles failures).
+    the mode restores (holding the run directory's lock), then :meth:`execute` inside
+    the trainer's session (which fires ``kit_train_begin``/``kit_train_end``, handles
+    failures and turns SIGTERM, SIGINT and SIGUSR1 into a checkpoint and a clean stop).
     A custom mode subclasses this and overrides the steps it changes.
     """
 
     name: ClassVar[str] = ""
+    trains: ClassVar[bool] = True
+    """Whether this mode trains: a signal then saves a checkpoint before stopping."""
+    locks: ClassVar[bool] = True
+    """Whether the run directory is locked (:class:`~kit.runlock.RunLock`) while it runs."""
+    summary: ClassVar[str | None] = "summary.json"
+    """The file the session writes the run's outcome to; ``None`` for none."""
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
@@ -47,9 +57,10 @@ class State(ABC):
         trainer = self.trainer
         trainer.build()
         trainer.run_dir = self.open_run_dir()
-        self.restore()
-        with trainer.session(mode=self.name):
-            self.execute()
+        with RunLock(trainer.run_dir) if self.locks else contextlib.nullcontext():
+            self.restore()
+            with trainer.session(mode=self.name, summary=self.summary):
+                self.execute()
         return trainer.results
 
 
@@ -79,20 +90,27 @@ class Backend(ABC):
     def test(self, trainer: Trainer) -> dict[str, float]:
         """One test pass, firing the ``kit_test_*`` hooks; returns the results."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the backend needs to resume exactly (a grad scaler, pending losses)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional
+        """Restore :meth:`state_dict`'s output; called after :meth:`setup`."""
+
 
 class CheckpointFormat(ABC):
-    """How a checkpoint dict becomes bytes on disk and back.
+    """How a checkpoint dict becomes files on disk and back.
 
-    :meth:`save` writes to the path it is given (kit chooses a temporary name in the
-    final folder and renames it when :meth:`save` returns) and must ``fsync`` what it
-    wrote. :meth:`load` must never execute code from the file.
+    :meth:`save` writes its files into a new, empty folder. kit chose that folder as
+    a staging name next to the final one; it fsyncs and hashes the files, renames the
+    folder into place and writes the manifest last, so a format never has to think
+    about crashes. :meth:`load` must never execute code from the files.
     """
 
     name: ClassVar[str] = ""
-    suffix: ClassVar[str] = ""
 
     @abstractmethod
-    def save(self, checkpoint: dict[str, Any], path: Path) -> None: ...
+    def save(self, checkpoint: dict[str, Any], folder: Path) -> None: ...
 
     @abstractmethod
-    def load(self, path: Path, *, map_location: Any = "cpu") -> dict[str, Any]: ...
+    def load(self, folder: Path, *, map_location: Any = "cpu") -> dict[str, Any]: ...

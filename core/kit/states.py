@@ -1,16 +1,35 @@
-"""kit's built-in modes. ``continue`` and ``evaluate`` build on the same template."""
+"""kit's built-in modes: ``new``, ``continue`` and ``evaluate``, on one template.
+
+Each is a :class:`~kit.interfaces.State` registered in ``kit.states``; a package adds
+its own mode the same way (see ``docs/plugins.md``).
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import yaml
 
+from kit.checkpoint import checkpoint_folder, read_manifest
+from kit.configdiff import check_changes, diff_configs
+from kit.errors import CheckpointError, ConfigError
 from kit.interfaces import State
-from kit.rundir import create_run_dir, write_text
+from kit.rundir import create_run_dir, write_json, write_text
+from kit.runs import find_run
 
-__all__ = ["TrainNew"]
+__all__ = ["ContinueTraining", "EvaluateOnly", "TrainNew", "format_results"]
+
+
+def _save_config(run_dir: Path, config: dict[str, Any]) -> None:
+    write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+
+def _say(message: str) -> None:
+    print(f"kit: {message}", file=sys.stderr)
 
 
 class TrainNew(State):
@@ -21,7 +40,7 @@ class TrainNew(State):
     def open_run_dir(self) -> Path:
         config = self.trainer.config
         run_dir = create_run_dir(config.runs_dir, config.experiment)
-        write_text(run_dir / "config.yaml", yaml.safe_dump(config.resolved(), sort_keys=False))
+        _save_config(run_dir, config.resolved())
         return run_dir
 
     def execute(self) -> None:
@@ -30,3 +49,131 @@ class TrainNew(State):
         trainer.backend.fit(trainer)
         if trainer.test_loader is not None:
             trainer.backend.test(trainer)
+
+
+class ContinueTraining(TrainNew):
+    """Resume a run exactly from its newest valid checkpoint, mid-epoch included.
+
+    The run is ``--run-dir`` or the experiment's latest. A config that differs from the
+    run's saved one is shown as a diff; changes that could break an exact resume are
+    refused unless ``--allow-config-change``, and accepted ones are recorded in
+    ``config_changes.jsonl``. A larger ``training.iterations`` extends a finished run.
+    """
+
+    name: ClassVar[str] = "continue"
+
+    def open_run_dir(self) -> Path:
+        trainer = self.trainer
+        cfg = trainer.config
+        return find_run(cfg.runs_dir, cfg.experiment, trainer.requested_run_dir, mode="continue")
+
+    def restore(self) -> None:
+        trainer = self.trainer
+        run_dir, store = trainer.run_dir, trainer.checkpoints
+        assert run_dir is not None and store is not None
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        new = trainer.config.resolved()
+        changes = diff_configs(saved, new)
+        check_changes(changes, allow=trainer.allow_config_change)
+        found = store.latest()
+        if found is None:
+            raise CheckpointError(f"run {run_dir} has no valid checkpoint to continue from",
+                                  hint="start it again with --mode new")
+        folder, checkpoint = found
+        if changes:
+            _say("the config changed since this run was saved:\n"
+                 + "\n".join(f"  {c}{'' if c.safe else '  (allowed by --allow-config-change)'}"
+                             for c in changes))
+            with (run_dir / "config_changes.jsonl").open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps({
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": folder.name,
+                    "changes": [{"key": c.key, "old": c.old, "new": c.new, "safe": c.safe}
+                                for c in changes],
+                }, default=str) + "\n")
+            _save_config(run_dir, new)
+        trainer.load_state_dict(checkpoint)
+        _say(f"continuing {run_dir} from {folder.name} "
+             f"(iteration {trainer.iteration}, step {trainer.global_step})")
+
+
+class EvaluateOnly(State):
+    """Validate and test a checkpoint (``--checkpoint best|last|PATH``); never trains or saves.
+
+    Results are printed as a table and written to ``evaluate-<checkpoint>.json`` in the
+    run directory (a new one when PATH lies outside any run).
+    """
+
+    name: ClassVar[str] = "evaluate"
+    trains: ClassVar[bool] = False
+    locks: ClassVar[bool] = False  # it only reads checkpoints, so it may run beside training
+    summary: ClassVar[str | None] = None  # the run's summary.json belongs to its training
+
+    folder: Path | None = None
+
+    def open_run_dir(self) -> Path:
+        trainer = self.trainer
+        cfg = trainer.config
+        requested = trainer.requested_checkpoint
+        if requested not in (None, "best", "last"):
+            path = Path(str(requested))
+            if not path.exists():
+                raise ConfigError(f"checkpoint {path} not found", key="--checkpoint",
+                                  hint="pass best, last, or a checkpoint folder")
+            self.folder = checkpoint_folder(path)
+            run_dir = self.folder.parent.parent
+            if self.folder.parent.name == "checkpoints" and (run_dir / "config.yaml").is_file():
+                return run_dir
+            run_dir = create_run_dir(cfg.runs_dir, cfg.experiment)
+            _save_config(run_dir, cfg.resolved())
+            return run_dir
+        return find_run(cfg.runs_dir, cfg.experiment, trainer.requested_run_dir, mode="evaluate")
+
+    def restore(self) -> None:
+        trainer = self.trainer
+        store = trainer.checkpoints
+        assert store is not None
+        requested = trainer.requested_checkpoint
+        if self.folder is None:
+            best = store.best() if requested in (None, "best") else None
+            if requested == "best" and best is None:
+                raise CheckpointError(
+                    f"run {trainer.run_dir} has no best checkpoint (no monitored metric was recorded)",
+                    hint="set checkpoint.monitor when training, or use --checkpoint last")
+            if best is not None:
+                self.folder, checkpoint = best, store.load(best)
+            else:
+                found = store.latest()
+                if found is None:
+                    raise CheckpointError(f"run {trainer.run_dir} has no valid checkpoint",
+                                          hint="train it first, or pass --checkpoint PATH")
+                self.folder, checkpoint = found
+        else:
+            read_manifest(self.folder)
+            checkpoint = store.load(self.folder)
+        trainer.load_state_dict(checkpoint, resume=False)
+
+    def execute(self) -> None:
+        trainer = self.trainer
+        assert trainer.backend is not None and trainer.run_dir is not None and self.folder is not None
+        if trainer.val_loader is not None:
+            trainer.backend.validate(trainer, trainer.iteration)
+        if trainer.test_loader is not None:
+            trainer.backend.test(trainer)
+        print(f"{self.folder.name} (iteration {trainer.iteration}, step {trainer.global_step})")
+        print(format_results(trainer.results))
+        write_json(trainer.run_dir / f"evaluate-{self.folder.name}.json", {
+            "checkpoint": str(self.folder), "iteration": trainer.iteration,
+            "global_step": trainer.global_step, "results": trainer.results,
+        })
+
+
+def format_results(results: dict[str, dict[str, float]]) -> str:
+    """Results by split as an aligned plain-text table (one row per split)."""
+    columns = sorted({k for split in results.values() for k in split}, key=lambda k: (k != "loss", k))
+    rows = [["split", *columns]] + [
+        [split, *(f"{values[c]:.4f}" if c in values else "-" for c in columns)]
+        for split, values in results.items()
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
+    return "\n".join(line.rstrip() for line in lines)

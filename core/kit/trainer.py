@@ -8,9 +8,10 @@ read: ``iteration``, ``global_step``, ``should_stop``, ``status``, ``results``, 
 from __future__ import annotations
 
 import contextlib
-import random
+import math
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -20,18 +21,23 @@ import torch
 
 from kit import components
 from kit._version import __version__
-from kit.checkpoint import CheckpointStore
+from kit.checkpoint import CheckpointStore, Retention
 from kit.config import KitConfig
 from kit.data import build_loaders
-from kit.errors import ConfigError, KitError
+from kit.errors import ConfigError, KitError, RunInterrupted
 from kit.interfaces import Backend, CheckpointFormat, State
 from kit.metrics import Metric, MetricKind, MetricRecord, Split
 from kit.plugins import HookRelay, Isolated, PluginChoice, Registry, get_plugin_manager
 from kit.rundir import write_json
-from kit.seed import seed_everything
+from kit.seed import rng_state, seed_everything, set_rng_state
 from kit.targets import resolve_target
 
-__all__ = ["Trainer"]
+__all__ = ["STOP_SIGNALS", "Trainer"]
+
+STOP_SIGNALS = tuple(
+    s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)) if s is not None
+)
+"""Signals that stop a run cleanly: finish the step, save, fire ``kit_interrupt``, exit 128+signum."""
 
 
 class Trainer:
@@ -45,6 +51,9 @@ class Trainer:
     :param autoload: load every ``kit.plugins`` entry point (default: unless
         ``KIT_DISABLE_PLUGIN_AUTOLOAD`` is set).
     :param blocked: plugin names never to load (``-p no:NAME``).
+    :param run_dir: the run to continue or evaluate (default: the experiment's latest).
+    :param checkpoint: what ``evaluate`` loads: ``best``, ``last`` or a path.
+    :param allow_config_change: let ``continue`` accept changes that can break resumption.
     """
 
     def __init__(
@@ -57,6 +66,9 @@ class Trainer:
         registry: Registry | None = None,
         autoload: bool | None = None,
         blocked: Iterable[str] = (),
+        run_dir: Path | None = None,
+        checkpoint: str | None = None,
+        allow_config_change: bool = False,
     ) -> None:
         if backend is not None:
             config = config.model_copy(update={"backend": backend})
@@ -66,6 +78,9 @@ class Trainer:
         self._extra_plugins = tuple(plugins)
         self._autoload = autoload
         self._blocked = tuple(blocked)
+        self.requested_run_dir = run_dir
+        self.requested_checkpoint = checkpoint
+        self.allow_config_change = allow_config_change
 
         # Live state, read (and partly written) by plugins.
         self.iteration = 0
@@ -75,8 +90,19 @@ class Trainer:
         self.epoch = 0
         """Passes started over the training loader, counting from 0."""
         self.batch_idx = 0
+        self.epoch_batches = 0
+        """Batches consumed from the current pass over the training loader."""
+        self.phase = "done"
+        """Where ``iteration`` stands: ``train`` (mid-iteration), ``end`` (trained; validation
+        and the iteration's end pending) or ``done``. Checkpoints record it to resume exactly."""
         self.should_stop = False
         """Set by a hook to end training after the current step."""
+        self.stop_signal: int | None = None
+        """Set when SIGTERM, SIGINT or SIGUSR1 arrives; the loops then save and stop."""
+        self.best: dict[str, Any] | None = None
+        """The best monitored value checkpointed so far: ``{"name", "mode", "value", "step"}``."""
+        self.trains = True
+        """Whether the running mode trains (a signal then saves a checkpoint first)."""
         self.status = "pending"
         """``running``, then ``finished``, ``failed`` or ``interrupted``."""
         self.results: dict[str, Any] = {}
@@ -107,6 +133,11 @@ class Trainer:
         )
         self.hooks = HookRelay(self.pm)
         self._started = 0.0
+        self._store: CheckpointStore | None = None
+        self._saved_at: tuple[int, int, str] | None = None
+        self._monitored: tuple[float, int] | None = None
+        self._next_save_step = math.inf
+        self._next_save_time = math.inf
 
     # -- plugins --------------------------------------------------------------------
 
@@ -168,6 +199,7 @@ class Trainer:
         if not (isinstance(state_cls, type) and issubclass(state_cls, State)):
             raise KitError(f"mode {self.mode!r} is not a kit.State subclass: {state_cls!r}")
         self._ensure_backend()  # fail on a bad name before any run directory exists
+        self.trains = state_cls.trains
         return state_cls(self).run()
 
     def _ensure_backend(self) -> Backend:
@@ -212,30 +244,63 @@ class Trainer:
         self._ensure_backend().setup(self)
 
     @contextlib.contextmanager
-    def session(self, *, mode: str) -> Iterator[None]:
+    def session(self, *, mode: str, summary: str | None = "summary.json") -> Iterator[None]:
         """Bracket a run with ``kit_train_begin``/``kit_train_end``, whatever happens inside.
 
-        Failures fire ``kit_exception`` and Ctrl-C fires ``kit_interrupt`` before the
-        end hook; the run's ``summary.json`` is written last, always.
+        Failures fire ``kit_exception``; a stop signal or Ctrl-C fires ``kit_interrupt``,
+        both before the end hook. ``summary`` (in the run directory) is written last, always.
         """
         self.status = "running"
         self._started = time.time()
-        self.hooks.call("kit_train_begin", trainer=self)
+        self._arm_periodic_saves()
+        try:
+            with self._stop_signals():
+                self.hooks.call("kit_train_begin", trainer=self)
+                try:
+                    yield
+                except KeyboardInterrupt as exc:
+                    self.status = "interrupted"
+                    signum = exc.signum if isinstance(exc, RunInterrupted) else int(signal.SIGINT)
+                    self._safe_call("kit_interrupt", trainer=self, signum=signum)
+                    raise
+                except BaseException as exc:
+                    self.status = "failed"
+                    self._safe_call("kit_exception", trainer=self, error=exc)
+                    raise
+                else:
+                    self.status = "finished"
+                finally:
+                    self._safe_call("kit_train_end", trainer=self)
+        finally:
+            if summary is not None:
+                self._write_summary(mode, summary)
+
+    @contextlib.contextmanager
+    def _stop_signals(self) -> Iterator[None]:
+        """Turn stop signals into ``stop_signal`` (a second one aborts at once), main thread only."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_signal(signum: int, frame: object) -> None:
+            if self.stop_signal is not None:
+                raise KeyboardInterrupt  # the second one: stop now; the last checkpoint stays good
+            self.stop_signal = signum
+            print(f"kit: {signal.Signals(signum).name} received: finishing the current step and saving "
+                  "a checkpoint (send it again to abort at once)", file=sys.stderr)
+
+        previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
         try:
             yield
-        except KeyboardInterrupt:
-            self.status = "interrupted"
-            self._safe_call("kit_interrupt", trainer=self, signum=int(signal.SIGINT))
-            raise
-        except BaseException as exc:
-            self.status = "failed"
-            self._safe_call("kit_exception", trainer=self, error=exc)
-            raise
-        else:
-            self.status = "finished"
         finally:
-            self._safe_call("kit_train_end", trainer=self)
-            self._write_summary(mode)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def interrupt(self) -> None:
+        """Called by the loops when ``stop_signal`` is set: save (when training), then stop."""
+        assert self.stop_signal is not None
+        path = self.save_checkpoint() if self.trains else None
+        raise RunInterrupted(self.stop_signal, str(path) if path else None)
 
     def _safe_call(self, name: str, **kwargs: Any) -> None:
         """Fire a hook on the way out; a failing plugin must not hide the original error."""
@@ -247,10 +312,10 @@ class Trainer:
             else:
                 raise
 
-    def _write_summary(self, mode: str) -> None:
+    def _write_summary(self, mode: str, name: str) -> None:
         if self.run_dir is None:
             return
-        write_json(self.run_dir / "summary.json", {
+        write_json(self.run_dir / name, {
             "status": self.status,
             "mode": mode,
             "backend": self.config.backend,
@@ -259,6 +324,7 @@ class Trainer:
             "iteration": self.iteration,
             "iterations": self.config.training.iterations,
             "global_step": self.global_step,
+            "best": self.best,
             "duration_s": round(time.time() - self._started, 3),
             "results": self.results,
             "failed_loggers": self.failed_plugins,
@@ -272,10 +338,15 @@ class Trainer:
     ) -> None:
         """Record a value: fires ``kit_metric_recorded`` (tensors become Python numbers here)."""
         hook = self.hooks.kit_metric_recorded
-        if hook is None:
+        monitored = name == self.config.checkpoint.monitor
+        if hook is None and not monitored:
             return
         if isinstance(value, torch.Tensor):
             value = value.item() if value.numel() == 1 else value.detach().cpu().tolist()
+        if monitored:
+            self._monitored = (float(value), self.global_step)
+        if hook is None:
+            return
         hook(trainer=self, record=MetricRecord(
             name=name, value=value, kind=kind, split=split, step=self.global_step,
             iteration=self.iteration, wall_time=time.time(),
@@ -288,38 +359,119 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------
 
+    def progress(self) -> dict[str, Any]:
+        return {"iteration": self.iteration, "global_step": self.global_step, "epoch": self.epoch,
+                "epoch_batches": self.epoch_batches, "phase": self.phase, "best": self.best}
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume, in types ``torch.load(weights_only=True)`` accepts."""
-        assert self.model is not None and self.optimizer is not None
+        assert self.model is not None and self.optimizer is not None and self.backend is not None
         return {
-            "kit": {"version": __version__, "format": 1},
-            "progress": {"iteration": self.iteration, "global_step": self.global_step,
-                         "epoch": self.epoch},
+            "kit": {"version": __version__, "format": 2,
+                    "base_dir": str(self.config.base_dir) if self.config.base_dir else None},
+            "progress": self.progress(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "rng": _rng_state(),
+            "backend": {"name": self.config.backend, "state": self.backend.state_dict()},
+            "rng": rng_state(),
             "config": self.config.resolved(),
             "results": self.results,
             "plugins": {},
         }
+
+    def load_state_dict(self, checkpoint: dict[str, Any], *, resume: bool = True) -> None:
+        """Restore a checkpoint; ``resume`` restores everything for training, else the model only.
+
+        Fires ``kit_checkpoint_load`` last, so plugins see kit's state already restored.
+        """
+        assert self.model is not None and self.optimizer is not None and self.backend is not None
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+            progress = checkpoint["progress"]
+            self.iteration, self.global_step = int(progress["iteration"]), int(progress["global_step"])
+            self.epoch = int(progress["epoch"])
+            if resume:
+                self.optimizer.load_state_dict(checkpoint["optimizer"])
+                if self.scheduler is not None and checkpoint.get("scheduler") is not None:
+                    self.scheduler.load_state_dict(checkpoint["scheduler"])
+                backend = checkpoint.get("backend") or {}
+                if backend.get("name") == self.config.backend:
+                    self.backend.load_state_dict(backend.get("state") or {})
+                self.epoch_batches = int(progress.get("epoch_batches", 0))
+                self.phase = str(progress.get("phase", "done"))
+                self.best = progress.get("best")
+                self.results = dict(checkpoint.get("results") or {})
+                set_rng_state(checkpoint["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise KitError(f"the checkpoint does not fit this model or run: {type(exc).__name__}: {first}",
+                           hint="check model.target and model.kwargs against the run's config.yaml") from exc
+        self._saved_at = (self.iteration, self.global_step, self.phase)
+        self.hooks.call("kit_checkpoint_load", trainer=self, checkpoint=checkpoint)
 
     @property
     def checkpoints(self) -> CheckpointStore | None:
         """This run's checkpoints; ``None`` until a run directory and a format exist."""
         if self.run_dir is None or self.checkpoint_format is None:
             return None
-        return CheckpointStore(self.run_dir / "checkpoints", self.checkpoint_format,
-                               keep_last=self.config.checkpoint.keep_last)
+        folder = self.run_dir / "checkpoints"
+        if self._store is None or self._store.folder != folder:
+            cfg = self.config.checkpoint
+            self._store = CheckpointStore(
+                folder, self.checkpoint_format,
+                retention=Retention(keep_last=cfg.keep_last, keep_best=cfg.keep_best,
+                                    monitor=cfg.monitor, mode=cfg.mode),
+                resolve=lambda name: self._load("kit.checkpoint_formats", name, "checkpoint.format")(),
+            )
+        return self._store
+
+    def _arm_periodic_saves(self) -> None:
+        cfg = self.config.checkpoint
+        if cfg.every_n_steps:
+            self._next_save_step = (self.global_step // cfg.every_n_steps + 1) * cfg.every_n_steps
+        if cfg.every_n_seconds:
+            self._next_save_time = time.monotonic() + cfg.every_n_seconds
+
+    def checkpoint_due(self, *, end_of_iteration: bool) -> bool:
+        """Whether a checkpoint is due now: by steps, by seconds, or (at an iteration's end) by
+        ``save_frequency`` and at the last iteration."""
+        if self.global_step >= self._next_save_step or time.monotonic() >= self._next_save_time:
+            return True
+        if not end_of_iteration:
+            return False
+        train = self.config.training
+        return self.iteration % train.save_frequency == 0 or self.iteration >= train.iterations
+
+    def step_done(self) -> None:
+        """The backend's call after every optimizer step: handle a stop signal or a due save."""
+        if self.stop_signal is not None:
+            self.interrupt()
+        if self.global_step >= self._next_save_step or time.monotonic() >= self._next_save_time:
+            self.save_checkpoint()
 
     def save_checkpoint(self) -> Path | None:
-        """Let plugins add their state, then write a checkpoint atomically."""
+        """Let plugins add their state, then commit a checkpoint (once per training state)."""
         store = self.checkpoints
         if store is None:
             return None
+        key = (self.iteration, self.global_step, self.phase)
+        if key == self._saved_at:
+            return None
+        monitor = self.config.checkpoint.monitor
+        metrics: dict[str, float] = {}
+        if monitor and self._monitored is not None and self._monitored[1] == self.global_step:
+            metrics[monitor] = value = self._monitored[0]  # measured on exactly these weights
+            mode = self.config.checkpoint.mode
+            best = self.best["value"] if self.best else None
+            if best is None or (value < best if mode == "min" else value > best):
+                self.best = {"name": monitor, "mode": mode, "value": value, "step": self.global_step}
         checkpoint = self.state_dict()
         self.hooks.call("kit_checkpoint_save", trainer=self, checkpoint=checkpoint)
-        return store.save(checkpoint, self.iteration)
+        path = store.save(checkpoint, step=self.global_step, progress=self.progress(), metrics=metrics)
+        self._saved_at = key
+        self._arm_periodic_saves()
+        return path
 
 
 def resolve_device(name: str) -> torch.device:
@@ -338,21 +490,4 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError("CUDA is not available here", key="training.device",
                           hint="use auto or cpu")
     return device
-
-
-def _rng_state() -> dict[str, Any]:
-    version, state, gauss = random.getstate()
-    rng: dict[str, Any] = {
-        "python": [version, list(state), gauss],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    try:
-        import numpy as np
-    except ImportError:
-        return rng
-    np_state: Any = np.random.get_state()
-    name, keys, pos, has_gauss, cached = np_state
-    rng["numpy"] = [name, torch.from_numpy(keys.astype("int64")), pos, has_gauss, cached]
-    return rng
 

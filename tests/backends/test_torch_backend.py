@@ -100,5 +100,5 @@ def test_compile(kit_config: Any) -> None:
     trainer = trained(kit_config(training={"compile": True, "iterations": 1}))
     assert trainer.status == "finished"
     assert trainer.run_dir is not None
-    ckpt = torch.load(trainer.run_dir / "checkpoints" / "iter-000001.pt", weights_only=True)
+    ckpt = torch.load(trainer.run_dir / "checkpoints" / "step-00000004" / "checkpoint.pt", weights_only=True)
     assert not any(k.startswith("_orig_mod") for k in ckpt["model"])

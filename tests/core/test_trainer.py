@@ -31,7 +31,7 @@ def test_run_directory_holds_config_metrics_checkpoints_and_summary(kit_config: 
     assert {"train/loss", "train/lr", "train/loss_epoch", "val/loss", "val/accuracy",
             "test/loss", "test/accuracy"} <= {line["name"] for line in lines}
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert checkpoints == ["iter-000002.pt", "iter-000003.pt"]  # keep_last=2 pruned the first
+    assert checkpoints == ["step-00000008", "step-00000012"]  # keep_last=2 pruned the first
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["iteration"] == 3
     assert summary["global_step"] == 3 * 4
@@ -48,9 +48,10 @@ def test_checkpoint_loads_with_weights_only_and_carries_plugin_state(kit_config:
 
     trainer = run(kit_config(), Stateful())
     assert trainer.run_dir is not None
-    path = trainer.run_dir / "checkpoints" / "iter-000002.pt"
+    path = trainer.run_dir / "checkpoints" / "step-00000008" / "checkpoint.pt"
     ckpt = torch.load(path, weights_only=True)
-    assert ckpt["progress"] == {"iteration": 2, "global_step": 8, "epoch": 2}
+    assert ckpt["progress"] == {"iteration": 2, "global_step": 8, "epoch": 2, "epoch_batches": 0,
+                                "phase": "done", "best": None}
     assert ckpt["plugins"]["stateful"]["seen"] == 8
     assert torch.equal(ckpt["plugins"]["stateful"]["buffer"], torch.arange(3))
     model = kit.Trainer(kit_config(), autoload=False)

@@ -9,6 +9,7 @@ one line on stderr and exit code 2 (``--debug`` shows the traceback instead).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -114,9 +115,13 @@ class KitGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            saved = getattr(exc, "checkpoint", None)
+            click.echo(f"Interrupted by {signal.Signals(signum).name}"
+                       + (f"; checkpoint saved at {saved}" if saved else "")
+                       + ("; resume with --mode continue" if saved else "."), err=True)
+            ctx.exit(128 + int(signum))
         except Exception as exc:
             if not (isinstance(exc, KitError) or _is_validation_error(exc)):
                 raise

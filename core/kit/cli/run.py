@@ -18,10 +18,21 @@ __all__ = ["run"]
 @click.option("--backend", default=None, help="Override the config's backend.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set training.iterations=5. Repeatable.")
+@click.option("--run-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="continue/evaluate: the run to use (default: the experiment's latest).")
+@click.option("--checkpoint", default=None, metavar="best|last|PATH",
+              help="evaluate: the checkpoint to load (default: best if one was monitored, else last).")
+@click.option("--allow-config-change", is_flag=True,
+              help="continue: accept config changes that can break an exact resume.")
 @click.pass_obj
 def run(state: CliState, config: Path, mode: str, backend: str | None,
-        overrides: tuple[str, ...]) -> None:
-    """Run CONFIG (YAML or TOML) in the given mode."""
+        overrides: tuple[str, ...], run_dir: Path | None, checkpoint: str | None,
+        allow_config_change: bool) -> None:
+    """Run CONFIG (YAML or TOML) in the given mode: new, continue, evaluate, or a plugin's.
+
+    SIGTERM, SIGINT and SIGUSR1 stop a run after the current step with a checkpoint saved
+    (exit code 128+signal); `--mode continue` picks it up exactly there.
+    """
     from kit.config import PluginConfig, load_config
     from kit.trainer import Trainer
 
@@ -29,5 +40,6 @@ def run(state: CliState, config: Path, mode: str, backend: str | None,
     listed = {p.name for p in cfg.plugins}
     cfg.plugins = [*cfg.plugins, *(PluginConfig(name=n) for n in state.enabled if n not in listed)]
     trainer = Trainer(cfg, mode=mode, backend=backend, registry=state.registry,
-                      blocked=state.blocked)
+                      blocked=state.blocked, run_dir=run_dir, checkpoint=checkpoint,
+                      allow_config_change=allow_config_change)
     trainer.run()

@@ -121,7 +121,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
     if "unknown mode" in expected:
-        assert "available: new" in result.stderr
+        assert "did you mean 'continue'" in result.stderr and "evaluate" in result.stderr
 
 
 def test_bad_input_from_a_real_process(write_config: Any, tmp_path: Path) -> None:

@@ -1,0 +1,3 @@
+"""Checkpoint formats beyond kit's default ``torch``: ``safetensors`` and ``lightning``."""
+
+__all__: list[str] = []

@@ -1,0 +1,45 @@
+"""``kit runs list``: every run's status, progress and best metric, from its files alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+__all__ = ["runs"]
+
+
+@click.group()
+def runs() -> None:
+    """Inspect runs."""
+
+
+@runs.command("list")
+@click.argument("runs_dir", type=click.Path(path_type=Path, file_okay=False), default="runs")
+@click.option("--experiment", default=None, help="Only this experiment's runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
+def list_(runs_dir: Path, experiment: str | None, as_json: bool) -> None:
+    """Show each run under RUNS_DIR (default: runs): running, finished, interrupted, crashed, failed."""
+    from kit.runs import list_runs, run_info
+
+    infos = [run_info(p) for p in list_runs(runs_dir, experiment)]
+    if as_json:
+        for info in infos:
+            click.echo(json.dumps({"run": str(info.path), "status": info.status,
+                                   "iteration": info.iteration, "iterations": info.iterations,
+                                   "best": info.best}))
+        return
+    if not infos:
+        click.echo(f"no runs under {runs_dir}")
+        return
+    rows = [("RUN", "STATUS", "PROGRESS", "BEST")]
+    for info in infos:
+        progress = f"{info.iteration if info.iteration is not None else '?'}/{info.iterations or '?'}"
+        best = "-"
+        if info.best:
+            best = f"{info.best['name']}={info.best['value']:.4g} @ step {info.best['step']}"
+        rows.append((f"{info.path.parent.name}/{info.path.name}", info.status, progress, best))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
