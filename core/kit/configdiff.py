@@ -53,8 +53,9 @@ _MISSING: Any = type("_Missing", (), {"__repr__": lambda self: "(unset)"})()
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": [1]}}`` -> ``{"a.b": [1]}``: lists (loggers, metrics) compare whole."""
-    if isinstance(value, dict) and value:
+    """``{"a": {"b": [1]}, "c": {}}`` -> ``{"a.b": [1]}``: lists (loggers, metrics) compare whole,
+    and an empty mapping is the same as an absent one."""
+    if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
             out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))

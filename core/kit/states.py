@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
+from pydantic import ValidationError
 
 from kit.checkpoint import checkpoint_folder, read_manifest
+from kit.config import KitConfig
 from kit.configdiff import check_changes, diff_configs
 from kit.errors import CheckpointError, ConfigError
 from kit.interfaces import State
@@ -72,6 +74,10 @@ class ContinueTraining(TrainNew):
         run_dir, store = trainer.run_dir, trainer.checkpoints
         assert run_dir is not None and store is not None
         saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        try:  # defaults added since the run was saved are not changes
+            saved = KitConfig.model_validate(saved).resolved()
+        except ValidationError:
+            pass
         new = trainer.config.resolved()
         changes = diff_configs(saved, new)
         check_changes(changes, allow=trainer.allow_config_change)

@@ -135,6 +135,7 @@ class Trainer:
         self._started = 0.0
         self._store: CheckpointStore | None = None
         self._saved_at: tuple[int, int, str] | None = None
+        self._saved_path: Path | None = None
         self._monitored: tuple[float, int] | None = None
         self._next_save_step = math.inf
         self._next_save_time = math.inf
@@ -426,6 +427,16 @@ class Trainer:
             )
         return self._store
 
+    def read_checkpoint(self, path: Path) -> dict[str, Any]:
+        """Load any committed checkpoint (a folder, or a file in it), verified, in whatever
+        registered format its manifest names; for modes that start from another run."""
+        store = self.checkpoints
+        if store is None:
+            fmt = self._load("kit.checkpoint_formats", self.config.checkpoint.format, "checkpoint.format")()
+            store = CheckpointStore(path.parent, fmt, resolve=lambda name: self._load(
+                "kit.checkpoint_formats", name, "checkpoint.format")())
+        return store.load(path)
+
     def _arm_periodic_saves(self) -> None:
         cfg = self.config.checkpoint
         if cfg.every_n_steps:
@@ -451,13 +462,14 @@ class Trainer:
             self.save_checkpoint()
 
     def save_checkpoint(self) -> Path | None:
-        """Let plugins add their state, then commit a checkpoint (once per training state)."""
+        """Let plugins add their state, then commit a checkpoint; a state already saved is not
+        saved twice (its path is returned)."""
         store = self.checkpoints
         if store is None:
             return None
         key = (self.iteration, self.global_step, self.phase)
         if key == self._saved_at:
-            return None
+            return self._saved_path
         monitor = self.config.checkpoint.monitor
         metrics: dict[str, float] = {}
         if monitor and self._monitored is not None and self._monitored[1] == self.global_step:
@@ -469,7 +481,7 @@ class Trainer:
         checkpoint = self.state_dict()
         self.hooks.call("kit_checkpoint_save", trainer=self, checkpoint=checkpoint)
         path = store.save(checkpoint, step=self.global_step, progress=self.progress(), metrics=metrics)
-        self._saved_at = key
+        self._saved_at, self._saved_path = key, path
         self._arm_periodic_saves()
         return path
 

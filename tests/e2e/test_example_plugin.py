@@ -55,7 +55,7 @@ def test_plugins_list_finds_the_installed_package(env_python: Path, tmp_path: Pa
     result = kit(env_python, "plugins", "list", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = {(r["group"], r["name"]): r for r in map(json.loads, result.stdout.splitlines())}
-    for key in (("kit.loggers", "lines"), ("kit.plugins", "step-counter")):
+    for key in (("kit.loggers", "lines"), ("kit.plugins", "step-counter"), ("kit.states", "finetune")):
         assert rows[key]["package"] == "kit-example-plugin"
         assert rows[key]["version"] == "0.3.0"
         assert rows[key]["status"] == "ok"
@@ -75,6 +75,32 @@ def test_kit_run_uses_the_plugin_and_its_logger(env_python: Path, tmp_path: Path
     assert any(line.startswith("val/accuracy ") for line in lines)
     assert lines[-1] == "example/steps_counted 8 8"  # 2 epochs x 4 batches, autoloaded
     assert json.loads((run_dir / "step-counter.json").read_text()) == {"steps": 8}
+
+
+def test_the_plugin_resumes_its_state_and_adds_a_mode(env_python: Path, tmp_path: Path) -> None:
+    sys.path.insert(0, str(TESTS))
+    from conftest import base_config
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(base_config(tmp_path)))
+    assert kit(env_python, "run", "config.yaml", cwd=tmp_path).returncode == 0
+    (run_dir,) = (tmp_path / "runs" / "tiny").iterdir()
+    more = kit(env_python, "run", "config.yaml", "--mode", "continue", "--set", "training.iterations=3",
+               cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert json.loads((run_dir / "step-counter.json").read_text()) == {"steps": 12}  # 8 restored + 4
+
+    source = run_dir / "checkpoints" / "step-00000012"
+    tuned = kit(env_python, "run", "config.yaml", "--mode", "finetune", "--checkpoint", str(source),
+                cwd=tmp_path)
+    assert tuned.returncode == 0, tuned.stderr
+    assert f"finetuning from {source}" in tuned.stderr
+    new_run = max((tmp_path / "runs" / "tiny").iterdir())
+    assert new_run != run_dir
+    assert json.loads((new_run / "summary.json").read_text())["mode"] == "finetune"
+    refused = kit(env_python, "run", "config.yaml", "--mode", "finetune", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("Error: --checkpoint: finetune needs a checkpoint folder")
+    assert len(list((tmp_path / "runs" / "tiny").iterdir())) == 2  # no run directory left behind
 
 
 @pytest.mark.parametrize(("flags", "env", "loaded"), [

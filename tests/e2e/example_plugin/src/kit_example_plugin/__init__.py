@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 import kit
+from kit.states import TrainNew
 
-__all__ = ["LinesLogger", "StepCounter"]
+__all__ = ["Finetune", "LinesLogger", "StepCounter"]
 
 
 class LinesLogger:
@@ -52,9 +55,35 @@ class StepCounter:
         checkpoint["plugins"]["step-counter"] = {"steps": self.steps}
 
     @kit.hookimpl
+    def kit_checkpoint_load(self, checkpoint: dict[str, Any]) -> None:
+        self.steps = checkpoint["plugins"].get("step-counter", {}).get("steps", 0)
+
+    @kit.hookimpl
     def kit_test_end(self, trainer: kit.Trainer) -> None:
         trainer.record("example/steps_counted", self.steps)
 
     @kit.hookimpl
     def kit_train_end(self, trainer: kit.Trainer) -> None:
         (trainer.run_dir / "step-counter.json").write_text(json.dumps({"steps": self.steps}))
+
+
+class Finetune(TrainNew):
+    """A custom mode (``--mode finetune --checkpoint PATH``): a new run that starts from
+    another run's weights, with a fresh optimizer, schedule and step count."""
+
+    name: ClassVar[str] = "finetune"
+
+    def open_run_dir(self) -> Path:
+        requested = self.trainer.requested_checkpoint
+        if requested in (None, "best", "last"):  # refuse before a run directory exists
+            raise kit.ConfigError("finetune needs a checkpoint folder", key="--checkpoint",
+                                  hint="pass --checkpoint runs/<experiment>/<run>/checkpoints/<step>")
+        self.source = Path(str(requested))
+        return super().open_run_dir()
+
+    def restore(self) -> None:
+        trainer = self.trainer
+        checkpoint = trainer.read_checkpoint(self.source)
+        assert trainer.model is not None
+        trainer.model.load_state_dict(checkpoint["model"])
+        print(f"finetuning from {self.source}", file=sys.stderr)
