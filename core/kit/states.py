@@ -6,6 +6,7 @@ its own mode the same way (see ``docs/plugins.md``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -74,10 +75,8 @@ class ContinueTraining(TrainNew):
         run_dir, store = trainer.run_dir, trainer.checkpoints
         assert run_dir is not None and store is not None
         saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-        try:  # defaults added since the run was saved are not changes
+        with contextlib.suppress(ValidationError):  # defaults added since the run was saved
             saved = KitConfig.model_validate(saved).resolved()
-        except ValidationError:
-            pass
         new = trainer.config.resolved()
         changes = diff_configs(saved, new)
         check_changes(changes, allow=trainer.allow_config_change)

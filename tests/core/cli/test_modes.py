@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -106,7 +107,8 @@ def test_ckpt_inspect_and_convert(write_config: Any, tmp_path: Path) -> None:
 
     one_error_line(kit("ckpt", "convert", str(folder), "--to", "safetensors"),
                    f"{target} already exists")
-    one_error_line(kit("ckpt", "convert", str(folder), "--to", "onnx"), "--to: unknown checkpoint format 'onnx'")
+    one_error_line(kit("ckpt", "convert", str(folder), "--to", "onnx"),
+                   "--to: unknown checkpoint format 'onnx'")
     (folder / "checkpoint.pt").write_bytes(b"garbage")
     one_error_line(kit("ckpt", "inspect", str(folder)), f"checkpoint {folder}: checkpoint.pt is 7 bytes")
 
@@ -117,8 +119,10 @@ def test_runs_list_shows_status_progress_and_best(write_config: Any, tmp_path: P
     assert kit("run", path, "--set", "experiment=second").exit_code == 0
     crashed = next((tmp_path / "runs" / "second").iterdir())
     (crashed / "summary.json").unlink()
-    (crashed / "run.lock").write_text(json.dumps({"pid": 2**22 + 12345, "host": __import__("socket").gethostname()}))
-    rows = [json.loads(line) for line in kit("runs", "list", str(tmp_path / "runs"), "--json").output.splitlines()]
+    dead = {"pid": 2**22 + 12345, "host": socket.gethostname()}  # above Linux's pid_max
+    (crashed / "run.lock").write_text(json.dumps(dead))
+    listed = kit("runs", "list", str(tmp_path / "runs"), "--json").output
+    rows = [json.loads(line) for line in listed.splitlines()]
     assert [(r["status"], r["iteration"], r["iterations"]) for r in rows] == [
         ("crashed", 2, 2), ("finished", 2, 2)]
     assert rows[1]["best"]["name"] == "val/loss"
