@@ -17,6 +17,8 @@ epoch-based training and one optimizer step in step-based training)::
             kit_step_end(trainer, iteration, batch_idx, loss)
             every log_every_n_steps optimizer steps:
                 kit_metric_recorded(trainer, record)      # train/loss, train/lr
+            every checkpoint.every_n_steps / every_n_seconds:
+                kit_checkpoint_save(trainer, checkpoint)  # mid-epoch; resumes exactly here
             if trainer.should_stop: break
         kit_loader_exhausted(trainer, iteration)          # when the loader ran out
         if iteration % eval_frequency == 0 or iteration == iterations:
@@ -40,7 +42,9 @@ epoch-based training and one optimizer step in step-based training)::
 
     on resume:      kit_checkpoint_load(trainer, checkpoint)   before kit_train_begin
     on an error:    kit_exception(trainer, error)              then kit_train_end
-    on a signal:    kit_interrupt(trainer, signum)             then kit_train_end
+    on a signal:    the current step finishes (train, val or test loop), then
+                    kit_checkpoint_save(trainer, checkpoint)   when training
+                    kit_interrupt(trainer, signum)             then kit_train_end
 
 Loss tensors handed to hooks are detached and stay on the device: converting one to
 a Python number forces a host sync, so do it only when you log. Hooks that nobody
@@ -276,6 +280,8 @@ def kit_checkpoint_save(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
 def kit_checkpoint_load(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
     """A checkpoint was loaded and kit restored its own state; plugins restore theirs.
 
+    Fires in ``continue`` (everything restored) and ``evaluate`` (the model only).
+
     :param trainer: the trainer being restored; may be changed.
     :param checkpoint: the loaded checkpoint dict, as saved.
     """
@@ -292,7 +298,10 @@ def kit_exception(trainer: Trainer, error: BaseException) -> None:
 
 @hookspec
 def kit_interrupt(trainer: Trainer, signum: int) -> None:
-    """A signal (SIGINT, SIGTERM, …) stopped the run; ``kit_train_end`` follows.
+    """A signal (SIGTERM, SIGINT, SIGUSR1) stopped the run; ``kit_train_end`` follows.
+
+    When training, a checkpoint was saved first; ``kit run`` then exits with 128+signum.
+    Also fired when a second signal (or Ctrl-C outside a run's loops) aborts at once.
 
     :param trainer: the interrupted trainer; ``trainer.status`` is ``interrupted``.
     :param signum: the signal's number.

@@ -38,7 +38,8 @@ def test_help_and_plugins_list_import_neither_torch_nor_plugins() -> None:
 import sys
 from click.testing import CliRunner
 from kit.cli import main
-for args in (["--help"], ["plugins", "list"], ["run", "--help"], ["hooks"]):
+for args in (["--help"], ["plugins", "list"], ["run", "--help"], ["hooks"], ["runs", "list"],
+             ["ckpt", "--help"]):
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
 loaded = sorted(m for m in sys.modules
