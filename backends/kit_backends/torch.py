@@ -204,8 +204,8 @@ class TorchBackend(kit.Backend):
                 loss = self._train_batch(trainer, batch, due)
                 if step_end is not None:
                     step_end(trainer=trainer, iteration=iteration, batch_idx=batch_idx, loss=loss)
-                if due:
-                    trainer.step_done()  # a stop signal, or a checkpoint due by steps or seconds
+                if due:  # a stop signal, or a checkpoint due by steps or seconds
+                    trainer.step_done(ends_iteration=batch_idx + 1 == n_batches)
                 if trainer.should_stop:
                     exhausted = False
                     break

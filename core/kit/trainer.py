@@ -454,10 +454,16 @@ class Trainer:
         train = self.config.training
         return self.iteration % train.save_frequency == 0 or self.iteration >= train.iterations
 
-    def step_done(self) -> None:
-        """The backend's call after every optimizer step: handle a stop signal or a due save."""
+    def step_done(self, *, ends_iteration: bool = False) -> None:
+        """The backend's call after every optimizer step: handle a stop signal or a due save.
+
+        A save due on a step that ends the iteration waits for the iteration's end
+        (``checkpoint_due``), so one checkpoint covers both.
+        """
         if self.stop_signal is not None:
             self.interrupt()
+        if ends_iteration:
+            return
         if self.global_step >= self._next_save_step or time.monotonic() >= self._next_save_time:
             self.save_checkpoint()
 

@@ -182,3 +182,15 @@ def test_step_time_and_throughput_are_logged_with_the_loss(kit_config: Any) -> N
     # 2 steps of 8 samples per window: throughput = samples / time = 8 / step_time
     for t, s in zip(by_name["train/throughput"], by_name["train/step_time"], strict=True):
         assert t.value == pytest.approx(8 / s.value, rel=1e-6)
+
+
+def test_checkpoints_every_n_steps_and_seconds_and_always_at_the_end(kit_config: Any) -> None:
+    by_steps = run(kit_config(training={"iterations": 2, "save_frequency": 100},
+                              checkpoint={"every_n_steps": 3, "keep_last": 10}))
+    assert by_steps.checkpoints is not None
+    assert [p.name for p in by_steps.checkpoints.list()] == [
+        "step-00000003", "step-00000006", "step-00000008"]  # 8: the end
+    by_time = run(kit_config(training={"iterations": 1, "save_frequency": 100},
+                             checkpoint={"every_n_seconds": 1e-9, "keep_last": 10}))
+    assert by_time.checkpoints is not None
+    assert [p.name for p in by_time.checkpoints.list()] == [f"step-0000000{i}" for i in (1, 2, 3, 4)]
