@@ -22,7 +22,7 @@ from loop_overhead import kit_loop
 
 import kit
 
-LOGGERS = ["console", "jsonl", "csv", "tensorboard"]
+LOGGERS = ["console", "jsonl", "csv", "tensorboard", "mlflow"]
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from kit.interfaces import Backend, CheckpointFormat, State
 from kit.markers import hookimpl, hookspec
 from kit.metrics import Metric, MetricRecord
 from kit.plugins import HookRelay, PluginChoice, Registry, get_plugin_manager
-from kit.rundir import atomic_write
+from kit.rundir import atomic_write, write_json
 
 if TYPE_CHECKING:
     from kit.config import KitConfig, load_config
@@ -56,6 +56,7 @@ __all__ = [
     "hookspec",
     "load_config",
     "resolve_target",
+    "write_json",
 ]
 
 _LAZY = {

@@ -55,6 +55,7 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def write_json(path: Path, data: Any) -> Path:
+    """Atomically replace ``path`` with ``data`` as indented JSON."""
     return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 

@@ -1,6 +1,8 @@
 """``tensorboard``: scalars, text, histograms and hparams, through torch's SummaryWriter.
 
-Event files go to ``<run>/<log_dir>``; only the global-zero rank writes.
+Event files go to ``<run>/<log_dir>``; only the global-zero rank writes. A continued run
+writes with ``purge_step`` at its checkpoint, so steps logged after the checkpoint by
+the stopped run are hidden rather than drawn twice.
 """
 
 from __future__ import annotations
@@ -38,9 +40,12 @@ class TensorBoardLogger:
     def kit_train_begin(self, trainer: Trainer) -> None:
         if trainer.run_dir is None or not trainer.is_global_zero:
             return
+        # A resumed run hides what the stopped one logged after its checkpoint, so TensorBoard
+        # shows one clean curve instead of two overlapping ones.
+        purge = trainer.global_step + 1 if trainer.global_step and trainer.trains else None
         self.writer = self._writer_cls(log_dir=str(trainer.run_dir / self.options.log_dir),
-                                       flush_secs=self.options.flush_secs)
-        if self.options.hparams:
+                                       flush_secs=self.options.flush_secs, purge_step=purge)
+        if self.options.hparams and purge is None:
             from torch.utils.tensorboard.summary import hparams
 
             values = {k: v if isinstance(v, bool | int | float | str) else str(v)
