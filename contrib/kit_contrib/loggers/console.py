@@ -83,7 +83,7 @@ class ConsoleLogger:
         if self.bars is not None:
             self.bars.stop()
             self.bars = None
-        if trainer.results:
+        if trainer.results and trainer.trains:  # a mode that only evaluates prints its own table
             table = Table(title=f"results ({trainer.status})")
             table.add_column("metric")
             for split in trainer.results:
@@ -93,7 +93,7 @@ class ConsoleLogger:
                 table.add_row(name, *(_fmt(v.get(name, "")) for v in trainer.results.values()))
             self.console.print(table)
         where = f" in {trainer.run_dir}" if trainer.run_dir is not None else ""
-        self.console.print(f"run {trainer.status}{where}")
+        self.console.print(f"{'run' if trainer.trains else trainer.mode} {trainer.status}{where}")
 
 
 class _Bars:

@@ -9,9 +9,9 @@ import kit
 from kit_contrib.loggers.console import ConsoleLogger
 
 
-def run_with_console(config: Any, console: Console, **options: Any) -> kit.Trainer:
+def run_with_console(config: Any, console: Console, mode: str = "new", **options: Any) -> kit.Trainer:
     logger = ConsoleLogger(ConsoleLogger.Options(**options), console=console)
-    trainer = kit.Trainer(config, plugins=[logger], autoload=False)
+    trainer = kit.Trainer(config, plugins=[logger], autoload=False, mode=mode)
     trainer.run()
     return trainer
 
@@ -51,3 +51,12 @@ def test_step_based_prints_only_at_validation(kit_config: Any) -> None:
                      console)
     lines = [line for line in out.getvalue().splitlines() if line.startswith("step ")]
     assert [line.split()[1] for line in lines] == ["3/6", "6/6"]
+
+
+def test_evaluate_leaves_the_results_table_to_the_mode(kit_config: Any) -> None:
+    kit.Trainer(kit_config(), autoload=False).run()
+    out = io.StringIO()
+    trainer = run_with_console(kit_config(), Console(file=out, width=120, force_terminal=False),
+                               mode="evaluate")
+    assert "results (" not in out.getvalue()  # evaluate prints its own table, once
+    assert f"evaluate finished in {trainer.run_dir}" in out.getvalue()
