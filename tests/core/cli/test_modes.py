@@ -129,3 +129,24 @@ def test_runs_list_shows_status_progress_and_best(write_config: Any, tmp_path: P
     table = kit("runs", "list", str(tmp_path / "runs")).output.splitlines()
     assert table[0].split() == ["RUN", "STATUS", "PROGRESS", "BEST"]
     assert table[2].split()[1:3] == ["finished", "2/2"] and "val/loss=" in table[2]
+
+
+def test_two_runs_on_one_directory_exactly_one_runs(write_config: Any, tmp_path: Path) -> None:
+    path = str(write_config())
+    assert kit("run", path).exit_code == 0
+    (run_dir,) = (tmp_path / "runs" / "tiny").iterdir()
+    args = [sys.executable, "-m", "kit", "run", path, "--mode", "continue", "--run-dir", str(run_dir),
+            "--set", "training.iterations=100000"]
+    env = {"PYTHONPATH": str(TESTS), "PATH": "/usr/bin:/bin"}
+    first = subprocess.Popen(args, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (run_dir / "run.lock").exists():
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    second = subprocess.run(args, env=env, text=True, capture_output=True)
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=60)
+    assert first.returncode == 143
+    assert second.returncode == 2
+    assert second.stderr.startswith(f"Error: run directory {run_dir} is in use by pid {first.pid}")
+    assert len(second.stderr.strip().splitlines()) == 1
