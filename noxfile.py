@@ -61,6 +61,8 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The loop-overhead benchmark: kit against a raw PyTorch loop, in one run."""
-    install(session, "-e", ".")
-    session.run("python", "benchmarks/loop_overhead.py", *session.posargs)
+    """Benchmarks against raw PyTorch in one run: `-- loop_overhead` (default: all of them)."""
+    install(session, "-e", ".[tensorboard,mlflow,safetensors,lightning]")
+    names = session.posargs or ["loop_overhead", "logger_overhead", "checkpoint_io"]
+    for name in names:
+        session.run("python", f"benchmarks/{name.removesuffix('.py')}.py")
