@@ -38,6 +38,7 @@ __all__ = [
     "TorchFormat",
     "checkpoint_folder",
     "commit",
+    "committed_checkpoints",
     "load_torch_file",
     "read_manifest",
 ]
@@ -177,6 +178,29 @@ def _order(path: Path) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2) or 0)
 
 
+def committed_checkpoints(folder: Path) -> list[Path]:
+    """The committed checkpoint folders (a manifest exists) under ``folder``, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = (p for p in folder.iterdir() if _NAME.match(p.name) and (p / MANIFEST).is_file())
+    return sorted(found, key=_order)
+
+
+def _ranked(folders: list[Path], monitor: dict[str, Any] | None = None) -> list[Path]:
+    """``folders`` whose manifest recorded the monitored value, best first (ties: older first).
+
+    ``monitor`` is ``{"name", "mode"}``; by default each manifest's own.
+    """
+    scored = []
+    for folder in folders:
+        manifest = read_manifest(folder)
+        by = monitor or manifest.get("monitor") or {}
+        value = (manifest.get("metrics") or {}).get(by.get("name"))
+        if isinstance(value, int | float):
+            scored.append((-value if by.get("mode") == "max" else value, _order(folder), folder))
+    return [folder for *_, folder in sorted(scored)]
+
+
 class CheckpointStore:
     """The checkpoints of one run, in ``folder``, written through ``fmt``.
 
@@ -214,7 +238,7 @@ class CheckpointStore:
 
     def list(self) -> list[Path]:
         """Committed checkpoints (a manifest exists), oldest first; not yet verified."""
-        return [p for p in self.folders() if (p / MANIFEST).is_file()]
+        return committed_checkpoints(self.folder)
 
     @staticmethod
     def _check_sizes(folder: Path, manifest: dict[str, Any]) -> None:
@@ -274,14 +298,8 @@ class CheckpointStore:
 
     def best(self) -> Path | None:
         """The committed checkpoint with the best monitored value its manifest recorded."""
-        scored = []
-        for folder in self.list():
-            manifest = read_manifest(folder)
-            monitor = manifest.get("monitor") or {}
-            value = (manifest.get("metrics") or {}).get(monitor.get("name"))
-            if isinstance(value, int | float):
-                scored.append((-value if monitor.get("mode") == "max" else value, _order(folder), folder))
-        return min(scored)[2] if scored else None
+        ranked = _ranked(self.list())
+        return ranked[0] if ranked else None
 
     # -- writing ----------------------------------------------------------------------
 
@@ -318,12 +336,8 @@ class CheckpointStore:
         committed = self.list()
         keep = set(committed[-self.retention.keep_last:]) | {newest}
         if self.retention.monitor and self.retention.keep_best:
-            scored = []
-            for folder in committed:
-                value = (read_manifest(folder).get("metrics") or {}).get(self.retention.monitor)
-                if isinstance(value, int | float):
-                    scored.append((-value if self.retention.mode == "max" else value, _order(folder), folder))
-            keep |= {folder for *_, folder in sorted(scored)[: self.retention.keep_best]}
+            monitor = {"name": self.retention.monitor, "mode": self.retention.mode}
+            keep |= set(_ranked(committed, monitor)[: self.retention.keep_best])
         for folder in self.folders():
             uncommitted = not (folder / MANIFEST).is_file()
             if folder not in keep and (not uncommitted or _order(folder) < _order(newest)):

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from kit.checkpoint import MANIFEST
+from kit.checkpoint import MANIFEST, committed_checkpoints
 from kit.errors import ConfigError
 from kit.rundir import read_json
 from kit.runlock import lock_holder, pid_alive
@@ -73,11 +73,9 @@ class RunInfo:
 
 
 def _newest_manifest(run_dir: Path) -> dict[str, Any] | None:
-    folder = run_dir / "checkpoints"
-    manifests = sorted(folder.glob(f"step-*/{MANIFEST}")) if folder.is_dir() else []
-    for path in reversed(manifests):
+    for folder in reversed(committed_checkpoints(run_dir / "checkpoints")):
         try:
-            data = read_json(path)
+            data = read_json(folder / MANIFEST)
         except (OSError, ValueError):
             continue
         if isinstance(data, dict):

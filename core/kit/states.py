@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import yaml
 from pydantic import ValidationError
 
-from kit.checkpoint import checkpoint_folder, read_manifest
+from kit.checkpoint import checkpoint_folder
 from kit.config import KitConfig
 from kit.configdiff import check_changes, diff_configs
 from kit.errors import CheckpointError, ConfigError
@@ -153,7 +153,6 @@ class EvaluateOnly(State):
                                           hint="train it first, or pass --checkpoint PATH")
                 self.folder, checkpoint = found
         else:
-            read_manifest(self.folder)
             checkpoint = store.load(self.folder)
         trainer.load_state_dict(checkpoint, resume=False)
 

@@ -23,6 +23,7 @@ from kit import components
 from kit._version import __version__
 from kit.checkpoint import CheckpointStore, Retention
 from kit.config import KitConfig
+from kit.configdiff import flatten
 from kit.data import build_loaders
 from kit.errors import ConfigError, KitError, RunInterrupted
 from kit.interfaces import Backend, CheckpointFormat, State
@@ -165,20 +166,13 @@ class Trainer:
 
     def hparams(self) -> dict[str, Any]:
         """The resolved config flattened to ``{"training.iterations": 20, …}``, for loggers."""
-        flat: dict[str, Any] = {}
+        def scalar(value: Any) -> Any:
+            if not isinstance(value, list):
+                return value
+            plain = all(not isinstance(v, dict | list) for v in value)
+            return ", ".join(map(str, value)) if plain else str(value)
 
-        def walk(prefix: str, value: Any) -> None:
-            if isinstance(value, dict):  # an empty one adds nothing
-                for key, item in value.items():
-                    walk(f"{prefix}.{key}" if prefix else str(key), item)
-            elif isinstance(value, list):
-                flat[prefix] = ", ".join(map(str, value)) if all(
-                    not isinstance(v, dict | list) for v in value) else str(value)
-            else:
-                flat[prefix] = value
-
-        walk("", self.config.resolved())
-        return flat
+        return {key: scalar(value) for key, value in flatten(self.config.resolved()).items()}
 
     def add_plugin(self, plugin: object, name: str | None = None) -> None:
         """Register a plugin mid-run (a logger's progress bars, say) and re-resolve hooks."""
@@ -221,8 +215,7 @@ class Trainer:
         ):
             raise ConfigError("fp16 needs CUDA", key="training.precision", hint="use bf16 on CPU")
         seed_everything(train.seed, deterministic=train.deterministic)
-        fmt_cls = self._load("kit.checkpoint_formats", cfg.checkpoint.format, "checkpoint.format")
-        self.checkpoint_format = fmt_cls()
+        self.checkpoint_format = self._format_named(cfg.checkpoint.format)
         self.device = resolve_device(train.device)
         factory = resolve_target(cfg.model.target, key="model.target", base_dir=base)
         model = components.call_factory(factory, cfg.model.kwargs, key="model")
@@ -423,19 +416,20 @@ class Trainer:
                 folder, self.checkpoint_format,
                 retention=Retention(keep_last=cfg.keep_last, keep_best=cfg.keep_best,
                                     monitor=cfg.monitor, mode=cfg.mode),
-                resolve=lambda name: self._load("kit.checkpoint_formats", name, "checkpoint.format")(),
+                resolve=self._format_named,
             )
         return self._store
 
     def read_checkpoint(self, path: Path) -> dict[str, Any]:
         """Load any committed checkpoint (a folder, or a file in it), verified, in whatever
         registered format its manifest names; for modes that start from another run."""
-        store = self.checkpoints
-        if store is None:
-            fmt = self._load("kit.checkpoint_formats", self.config.checkpoint.format, "checkpoint.format")()
-            store = CheckpointStore(path.parent, fmt, resolve=lambda name: self._load(
-                "kit.checkpoint_formats", name, "checkpoint.format")())
+        store = self.checkpoints or CheckpointStore(
+            path.parent, self._format_named(self.config.checkpoint.format), resolve=self._format_named)
         return store.load(path)
+
+    def _format_named(self, name: str) -> CheckpointFormat:
+        format_cls: type[CheckpointFormat] = self._load("kit.checkpoint_formats", name, "checkpoint.format")
+        return format_cls()
 
     def _arm_periodic_saves(self) -> None:
         cfg = self.config.checkpoint
@@ -462,9 +456,7 @@ class Trainer:
         """
         if self.stop_signal is not None:
             self.interrupt()
-        if ends_iteration:
-            return
-        if self.global_step >= self._next_save_step or time.monotonic() >= self._next_save_time:
+        if not ends_iteration and self.checkpoint_due(end_of_iteration=False):
             self.save_checkpoint()
 
     def save_checkpoint(self) -> Path | None:
