@@ -60,7 +60,7 @@ def _tensors(value: Any) -> tuple[int, int, int]:
 
 
 @ckpt.command()
-@click.argument("path", type=click.Path(path_type=Path, exists=True))
+@click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
 @click.pass_obj
 def inspect(state: CliState, path: Path, as_json: bool) -> None:
@@ -93,7 +93,7 @@ def inspect(state: CliState, path: Path, as_json: bool) -> None:
 
 
 @ckpt.command()
-@click.argument("path", type=click.Path(path_type=Path, exists=True))
+@click.argument("path", type=click.Path(path_type=Path))
 @click.option("--to", "target", required=True, metavar="FORMAT",
               help="An entry point in kit.checkpoint_formats: torch, safetensors, lightning, …")
 @click.option("--output", type=click.Path(path_type=Path), default=None,

@@ -109,6 +109,9 @@ def test_ckpt_inspect_and_convert(write_config: Any, tmp_path: Path) -> None:
                    f"{target} already exists")
     one_error_line(kit("ckpt", "convert", str(folder), "--to", "onnx"),
                    "--to: unknown checkpoint format 'onnx'")
+    for command in (["inspect"], ["convert", "--to", "torch"]):
+        one_error_line(kit("ckpt", *command, str(tmp_path / "nowhere")),
+                       f"checkpoint {tmp_path / 'nowhere'} not found (check the path)")
     (folder / "checkpoint.pt").write_bytes(b"garbage")
     one_error_line(kit("ckpt", "inspect", str(folder)), f"checkpoint {folder}: checkpoint.pt is 7 bytes")
 
