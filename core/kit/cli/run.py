@@ -18,7 +18,7 @@ __all__ = ["run"]
 @click.option("--backend", default=None, help="Override the config's backend.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set training.iterations=5. Repeatable.")
-@click.option("--run-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+@click.option("--run-dir", type=click.Path(path_type=Path), default=None,
               help="continue/evaluate: the run to use (default: the experiment's latest).")
 @click.option("--checkpoint", default=None, metavar="best|last|PATH",
               help="evaluate: the checkpoint to load (default: best if one was monitored, else last).")

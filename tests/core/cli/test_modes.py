@@ -67,6 +67,8 @@ def test_mode_errors_are_one_clear_line(write_config: Any, tmp_path: Path) -> No
     (tmp_path / "empty").mkdir()
     one_error_line(kit("run", path, "--mode", "continue", "--run-dir", str(tmp_path / "empty")),
                    f"--run-dir: {tmp_path / 'empty'} is not a kit run directory")
+    one_error_line(kit("run", path, "--mode", "continue", "--run-dir", path),
+                   f"--run-dir: {path} is not a kit run directory")
     assert kit("run", path).exit_code == 0
     one_error_line(kit("run", path, "--mode", "continue", "--set", "model.kwargs.hidden=4",
                        "--set", "data.batch_size=4"),
