@@ -2,9 +2,11 @@
 
 The model's weights are under ``state_dict`` with the ``model.`` prefix, beside
 ``epoch``, ``global_step``, ``optimizer_states``, ``lr_schedulers`` and
-``hyper_parameters`` (the model's kit target, for
-:class:`kit_backends.lightning.KitLightningModule`). The rest of kit's state rides
-under ``kit``, so a run resumes from it as exactly as from the ``torch`` format.
+``hyper_parameters``. The only hyperparameter is ``kit_model`` (the model's kit target
+and keyword arguments): a record, not an instruction, since
+:class:`kit_backends.lightning.KitLightningModule` imports only a target its caller
+names or allows, and no folder is recorded for it to search. The rest of kit's state
+rides under ``kit``, so a run resumes from it as exactly as from the ``torch`` format.
 Writing needs no Lightning; it loads with ``weights_only=True`` like any kit checkpoint.
 """
 
@@ -44,20 +46,19 @@ class LightningFormat(kit.CheckpointFormat):
         progress = checkpoint.get("progress") or {}
         model_cfg = (checkpoint.get("config") or {}).get("model") or {}
         scheduler = checkpoint.get("scheduler")
-        torch.save({
+        ckpt = {
             "epoch": int(progress.get("epoch", 0)),
             "global_step": int(progress.get("global_step", 0)),
             "pytorch-lightning_version": _lightning_version(),
             "state_dict": {_PREFIX + k: v for k, v in checkpoint["model"].items()},
             "optimizer_states": [checkpoint["optimizer"]] if checkpoint.get("optimizer") is not None else [],
             "lr_schedulers": [scheduler] if scheduler is not None else [],
-            "hyper_parameters": {
-                "target": model_cfg.get("target"),
-                "kwargs": model_cfg.get("kwargs") or {},
-                "base_dir": (checkpoint.get("kit") or {}).get("base_dir"),
-            },
+            "hyper_parameters": {"kit_model": {"target": model_cfg.get("target"),
+                                               "kwargs": model_cfg.get("kwargs") or {}}},
             "kit": {k: v for k, v in checkpoint.items() if k not in _OWN},
-        }, folder / self.filename)
+        }
+        with (folder / self.filename).open("wb") as fh:  # a Python file: a full disk raises ENOSPC
+            torch.save(ckpt, fh)
 
     def load(self, folder: Path, *, map_location: Any = "cpu") -> dict[str, Any]:
         data = load_torch_file(folder / self.filename, map_location=map_location)

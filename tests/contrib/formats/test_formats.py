@@ -79,8 +79,10 @@ def test_lightning_loads_the_lightning_format_itself(checkpoint: dict[str, Any],
     from kit_backends.lightning import KitLightningModule
 
     folder = CheckpointStore(tmp_path, LightningFormat()).save(checkpoint, step=5)
-    module = KitLightningModule.load_from_checkpoint(folder / "model.ckpt", weights_only=True)
-    assert module.hparams["target"] == "tiny_task:build_model"
+    module = KitLightningModule.load_from_checkpoint(folder / "model.ckpt", weights_only=True,
+                                                     allowed_targets=["tiny_task:build_model"],
+                                                     base_dir=Path(__file__).parents[2])
+    assert module.hparams["kit_model"] == {"target": "tiny_task:build_model", "kwargs": {}}
     for key, value in checkpoint["model"].items():
         assert torch.equal(module.model.state_dict()[key], value)
     raw = torch.load(folder / "model.ckpt", weights_only=True)
