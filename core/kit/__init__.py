@@ -27,6 +27,7 @@ from kit.rundir import atomic_write, write_json
 if TYPE_CHECKING:
     from kit.config import KitConfig, load_config
     from kit.data import Data, EpochSampler
+    from kit.paths import RunPath, run_path
     from kit.targets import resolve_target
     from kit.trainer import Trainer
 
@@ -46,6 +47,7 @@ __all__ = [
     "PluginLoadError",
     "PluginNotFoundError",
     "Registry",
+    "RunPath",
     "State",
     "TargetError",
     "Trainer",
@@ -56,6 +58,7 @@ __all__ = [
     "hookspec",
     "load_config",
     "resolve_target",
+    "run_path",
     "write_json",
 ]
 
@@ -66,6 +69,8 @@ _LAZY = {
     "Data": "kit.data",
     "EpochSampler": "kit.data",
     "resolve_target": "kit.targets",
+    "RunPath": "kit.paths",
+    "run_path": "kit.paths",
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from kit.errors import ConfigError
+from kit.errors import ConfigError, validation_message
 
 __all__ = [
     "CheckpointConfig",
@@ -31,6 +32,17 @@ __all__ = [
     "load_config",
     "validate_config",
 ]
+
+
+MAX_BATCH = 2**31 - 1
+"""The largest batch size kit accepts; torch's samplers fail on sizes past ``sys.maxsize``."""
+MAX_SEED = 2**63 - 1
+"""Seeds are non-negative and fit torch's 64-bit generator with room for ``seed + epoch``."""
+MAX_VALUES = 100_000
+"""A config file holding more values than this (YAML aliases expand) is refused."""
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$"
+"""An experiment name is one path component: no separators, never ``.`` or ``..``, no
+leading dot (it would hide from ``kit runs list``), at most 100 characters."""
 
 
 class _Model(BaseModel):
@@ -55,8 +67,8 @@ class TargetConfig(_Model):
 class DataConfig(TargetConfig):
     """The data factory: returns datasets (kit builds the loaders) or ready loaders."""
 
-    batch_size: int = Field(32, ge=1)
-    num_workers: int = Field(0, ge=0)
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH)
+    num_workers: int = Field(0, ge=0, le=1024)
     shuffle: bool = True
     pin_memory: bool | None = Field(None, description="default: on when training on CUDA")
     drop_last: bool = False
@@ -96,12 +108,13 @@ class TrainingConfig(_Model):
     iterations: int = Field(10, ge=1)
     eval_frequency: int = Field(1, ge=1, description="validate every N iterations (and at the end)")
     save_frequency: int = Field(1, ge=1, description="checkpoint every N iterations (and at the end)")
-    inference_batch_size: int | None = Field(None, ge=1, description="default: data.batch_size")
+    inference_batch_size: int | None = Field(None, ge=1, le=MAX_BATCH,
+                                             description="default: data.batch_size")
     grad_accum: int = Field(1, ge=1)
     clip_grad_norm: float | None = Field(None, gt=0)
     precision: Precision = Field("32", description="32, bf16 (autocast), 16 (autocast + scaler, CUDA)")
     compile: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds python, numpy and torch")
     deterministic: bool = False
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     log_every_n_steps: int = Field(50, ge=1)
@@ -148,7 +161,9 @@ def _named(value: Any) -> Any:
 class KitConfig(_Model):
     """Everything a run needs; ``kit config schema`` prints it as JSON schema."""
 
-    experiment: str = Field("default", pattern=r"^[\w.-]+$")
+    experiment: str = Field(
+        "default", json_schema_extra={"pattern": NAME_PATTERN},
+        description="a folder name under runs_dir: letters, digits, _ . -; at most 100 characters")
     runs_dir: Path = Field(Path("runs"), description="relative paths resolve from the working directory")
     model: TargetConfig
     data: DataConfig
@@ -165,6 +180,22 @@ class KitConfig(_Model):
     base_dir: Path | None = Field(
         None, exclude=True, description="set by kit: the config file's folder, for targets"
     )
+
+    @field_validator("experiment")
+    @classmethod
+    def _one_folder_name(cls, value: str) -> str:
+        if not re.fullmatch(NAME_PATTERN, value):
+            raise ValueError(
+                f"{value[:40] + '…' if len(value) > 40 else value!r} is not a folder name: use letters, "
+                "digits, '_', '.' and '-', not starting with '.' or '-', at most 100 characters")
+        return value
+
+    @field_validator("runs_dir")
+    @classmethod
+    def _no_nul(cls, value: Path) -> Path:
+        if "\x00" in str(value):
+            raise ValueError("a path cannot contain a NUL byte")
+        return value
 
     @field_validator("loggers", "plugins", mode="before")
     @classmethod
@@ -189,9 +220,18 @@ class KitConfig(_Model):
 
 
 def _read(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"{str(path)!r} is a directory, not a config file",
+                          hint="pass a .yaml, .yml or .toml file")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found", hint="check the path")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start})", hint="save the file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         if path.suffix == ".toml":
             if sys.version_info >= (3, 11):
@@ -212,7 +252,46 @@ def _read(path: Path) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping at the top, not {type(data).__name__}")
+    _check_size(data, path)
     return data
+
+
+def _check_size(data: Any, source: Path) -> None:
+    """Refuse configs that reference themselves or expand past :data:`MAX_VALUES` values.
+
+    YAML aliases share one object between places, so a few lines can stand for billions
+    of values (a "billion laughs"); validating or printing them would never end. Sizes
+    are counted once per shared object, so this costs one pass over the file's values.
+    """
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, dict | list):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            raise ConfigError(f"{source} refers to itself (a YAML alias inside its own anchor)",
+                              hint="replace the alias with the values it stands for")
+        open_.add(key)
+        children = node.values() if isinstance(node, dict) else node
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_VALUES:
+                raise ConfigError(f"{source} expands to more than {MAX_VALUES:,} values "
+                                  "(YAML aliases repeated inside each other?)",
+                                  hint="a config should be small: load large data from its factory")
+        open_.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        size(data)
+    except RecursionError:
+        raise ConfigError(f"{source} is nested too deeply", hint="flatten it") from None
 
 
 def _parse_value(raw: str) -> Any:
@@ -256,12 +335,10 @@ def _explain(exc: ValidationError, data: Mapping[str, Any], source: str) -> Conf
         return ConfigError(f"unknown key in {source}", key=key, hint=hint)
     if err["type"] == "missing":
         return ConfigError(f"required key missing in {source}", key=key, hint="add it")
-    value = err.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
     more = len(exc.errors()) - 1
     tail = f"; {more} more error{'s' * (more > 1)}" if more else ""
     return ConfigError(
-        f"{err['msg']}{shown}{tail}",
+        f"{validation_message(err)}{tail}",
         key=key,
         hint=f"fix it in {source} or with --set {key}=VALUE",
     )
@@ -278,7 +355,7 @@ def _known_keys(loc: list[str]) -> list[str]:
         model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
         if model is None:
             return []
-    return sorted(model.model_fields)
+    return sorted(name for name, field in model.model_fields.items() if not field.exclude)
 
 
 def validate_config(data: Mapping[str, Any], *, source: str = "config") -> KitConfig:

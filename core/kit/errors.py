@@ -7,20 +7,30 @@ code failing) and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "DiskFullError",
     "KitError",
     "PluginLoadError",
     "PluginNotFoundError",
     "RunInterrupted",
     "RunLockedError",
     "TargetError",
+    "disk_full",
+    "validation_message",
 ]
 
 
 class KitError(Exception):
     """Something the user can fix: what is wrong, where, and how to fix it."""
+
+    exit_code: ClassVar[int] = 2
+    """What ``kit`` exits with: 2 for bad input, 1 for a run that failed (a full disk)."""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = message
@@ -63,6 +73,42 @@ class RunLockedError(KitError):
     """Another live process holds the run directory's lock."""
 
 
+class DiskFullError(KitError):
+    """The disk (or quota) filled up while kit wrote ``path``; the run failed, exit code 1.
+
+    Not bad input, but a user-fixable condition with one clear line: what was being
+    written, and which checkpoint is the last good one to continue from.
+    """
+
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, path: object, *, last_checkpoint: object = None, in_run: bool = False) -> None:
+        self.path = path
+        self.last_checkpoint = last_checkpoint
+        last = ""
+        if last_checkpoint is not None:
+            last = f"; the last good checkpoint is {last_checkpoint}"
+        elif in_run:  # the run knows it saved none
+            last = "; no checkpoint was written yet"
+        super().__init__(f"no space left on device while writing {path}{last}",
+                         hint="free some space, then resume with --mode continue")
+
+
+DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+def disk_full(exc: BaseException) -> OSError | None:
+    """The ``OSError`` for a full disk or quota in ``exc`` or its causes, if there is one."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 class RunInterrupted(KeyboardInterrupt):
     """A run stopped on a signal (SIGTERM, SIGINT, SIGUSR1) after saving a checkpoint.
 
@@ -71,7 +117,21 @@ class RunInterrupted(KeyboardInterrupt):
     with ``128 + signum``, as a process killed by the signal would.
     """
 
-    def __init__(self, signum: int, checkpoint: str | None = None) -> None:
+    def __init__(self, signum: int, checkpoint: str | None = None, *, aborted: bool = False) -> None:
         self.signum = signum
         self.checkpoint = checkpoint
+        self.aborted = aborted
+        """A second signal: stopped at once, without saving; the last checkpoint stays good."""
         super().__init__(signum)
+
+
+def validation_message(error: Mapping[str, Any]) -> str:
+    """One pydantic error as a sentence: our own validators' text without pydantic's
+    ``Value error, `` prefix, and the offending input shown only when it is short."""
+    if error.get("type") == "value_error":
+        return str(error.get("ctx", {}).get("error") or error["msg"])
+    value = error.get("input")
+    shown = repr(value)
+    if isinstance(value, dict | list) or len(shown) > 60:
+        return str(error["msg"])
+    return f"{error['msg']} (got {shown})"

@@ -26,8 +26,10 @@ class State(ABC):
     :meth:`run` is the template every mode follows: build the components (so a bad
     config fails before anything is written), choose the run directory, restore what
     the mode restores (holding the run directory's lock), then :meth:`execute` inside
-    the trainer's session (which fires ``kit_train_begin``/``kit_train_end``, handles
-    failures and turns SIGTERM, SIGINT and SIGUSR1 into a checkpoint and a clean stop).
+    the trainer's session (which fires ``kit_train_begin``/``kit_train_end`` and handles
+    failures). SIGTERM, SIGINT and SIGUSR1 are caught from the first step of the template:
+    before the run directory exists they just stop; after, the session saves a checkpoint
+    (when training), marks the run ``interrupted`` and stops cleanly.
     A custom mode subclasses this and overrides the steps it changes.
     """
 
@@ -55,12 +57,13 @@ class State(ABC):
 
     def run(self) -> dict[str, Any]:
         trainer = self.trainer
-        trainer.build()
-        trainer.run_dir = self.open_run_dir()
-        with RunLock(trainer.run_dir) if self.locks else contextlib.nullcontext():
-            self.restore()
-            with trainer.session(mode=self.name, summary=self.summary):
-                self.execute()
+        with trainer.stop_signals():  # from the start: a signal during start-up stops cleanly too
+            trainer.build()
+            trainer.run_dir = self.open_run_dir()
+            with RunLock(trainer.run_dir) if self.locks else contextlib.nullcontext():
+                self.restore()
+                with trainer.session(mode=self.name, summary=self.summary):
+                    self.execute()
         return trainer.results
 
 

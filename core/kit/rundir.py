@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kit.errors import ConfigError, disk_full
+
 __all__ = ["atomic_write", "create_run_dir", "fsync_dir", "read_json", "write_json", "write_text"]
 
 
@@ -64,15 +66,28 @@ def read_json(path: Path) -> Any:
 
 
 def create_run_dir(runs_dir: Path, experiment: str) -> Path:
-    """A new, empty run directory named by start time; concurrent runs never share one."""
+    """A new, empty run directory named by start time; concurrent runs never share one.
+
+    A ``runs_dir`` that cannot hold one (a file, read-only, a bad name) is a
+    :class:`~kit.errors.ConfigError` naming ``runs_dir``; a full disk stays an ``OSError``.
+    """
     parent = runs_dir / experiment
-    parent.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        candidate = parent / (stamp if n == 0 else f"{stamp}-{n}")
-        try:
-            candidate.mkdir()  # atomic: fails if another run took the name
-        except FileExistsError:
-            continue
-        return candidate
-    raise RuntimeError(f"no free run directory under {parent}")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for n in range(1000):
+            candidate = parent / (stamp if n == 0 else f"{stamp}-{n}")
+            try:
+                candidate.mkdir()  # atomic: fails if another run took the name
+            except FileExistsError:
+                continue
+            return candidate
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, OSError) and disk_full(exc) is not None:
+            raise
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot create a run directory in {parent}: {reason}", key="runs_dir",
+                          hint="choose a writable folder (a file or read-only place cannot hold runs)") \
+            from None
+    raise ConfigError(f"no free run directory under {parent}", key="runs_dir",
+                      hint="a thousand runs started in this second: try again")

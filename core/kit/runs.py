@@ -2,7 +2,8 @@
 
 A run directory is ``<runs_dir>/<experiment>/<run-id>/`` holding ``config.yaml``; its
 status comes from its lock (``running`` while a live process holds it, ``crashed``
-when the holder died) or from the ``summary.json`` written when it ended.
+when the holder died) or from the ``summary.json`` written when it ended. Every file
+is read as untrusted: a field of the wrong type is shown as unknown.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import Any
 
 import yaml
 
-from kit.checkpoint import MANIFEST, committed_checkpoints
-from kit.errors import ConfigError
+from kit.checkpoint import committed_checkpoints
+from kit.errors import CheckpointError, ConfigError
+from kit.manifest import read_manifest
 from kit.rundir import read_json
-from kit.runlock import lock_holder, pid_alive
+from kit.runlock import lock_held
 
 __all__ = ["RunInfo", "find_run", "latest_run", "list_runs", "run_info"]
 
@@ -72,41 +74,74 @@ class RunInfo:
     best: dict[str, Any] | None
 
 
-def _newest_manifest(run_dir: Path) -> dict[str, Any] | None:
+def _whole(value: Any) -> int | None:
+    """``value`` if it is a whole number >= 0, else ``None`` (unknown): files are not trusted."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _best(value: Any) -> dict[str, Any] | None:
+    """A best-metric record ``{"name", "value", "step", …}`` if it has that shape, else ``None``."""
+    if not isinstance(value, dict):
+        return None
+    number = value.get("value")
+    if not (isinstance(value.get("name"), str) and _whole(value.get("step")) is not None
+            and isinstance(number, int | float) and not isinstance(number, bool)):
+        return None
+    return value
+
+
+def _read_dict(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; ``{}`` when it is missing, unreadable or not an object."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _newest_progress(run_dir: Path) -> dict[str, Any]:
+    """The ``progress`` of the newest checkpoint whose manifest is well-formed (``{}`` if none)."""
     for folder in reversed(committed_checkpoints(run_dir / "checkpoints")):
         try:
-            data = read_json(folder / MANIFEST)
-        except (OSError, ValueError):
+            return read_manifest(folder)["progress"]
+        except CheckpointError:
             continue
-        if isinstance(data, dict):
-            return data
-    return None
+    return {}
+
+
+def _configured_iterations(run_dir: Path) -> int | None:
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError, RecursionError):  # ValueError: not UTF-8
+        return None
+    training = saved.get("training") if isinstance(saved, dict) else None
+    return _whole(training.get("iterations")) if isinstance(training, dict) else None
+
+
+def _status(run_dir: Path, summary: dict[str, Any]) -> str:
+    """``running`` while a process holds the run's lock, ``crashed`` when its holder died
+    without releasing it (or nothing says how it ended), else what ``summary.json`` says."""
+    try:
+        held = lock_held(run_dir)
+    except OSError:  # a run.lock nobody can take (a folder, say): it says nothing
+        held = None
+    if held is not None:
+        return "running" if held else "crashed"
+    status = summary.get("status")
+    return status if isinstance(status, str) and status.isidentifier() else "crashed"
 
 
 def run_info(run_dir: Path) -> RunInfo:
-    summary: dict[str, Any] = {}
-    try:
-        loaded = read_json(run_dir / "summary.json")
-        summary = loaded if isinstance(loaded, dict) else {}
-    except (OSError, ValueError):
-        pass
-    holder = lock_holder(run_dir)
-    if holder is not None:
-        pid = holder.get("pid")
-        status = "running" if not isinstance(pid, int) or pid_alive(pid) else "crashed"
-    else:
-        status = str(summary.get("status") or "crashed")  # no lock, no summary: killed hard
-    manifest = _newest_manifest(run_dir) or {}
-    progress = manifest.get("progress") or {}
-    iteration = summary.get("iteration") if status != "running" else None
+    """A run's status, progress and best metric from its files alone; a field of the wrong
+    type in any of them counts as unknown, never as an error."""
+    summary = _read_dict(run_dir / "summary.json")
+    status = _status(run_dir, summary)
+    progress = _newest_progress(run_dir)
+    iteration = _whole(summary.get("iteration")) if status != "running" else None
     if iteration is None:
-        iteration = progress.get("iteration")
-    iterations = summary.get("iterations")
+        iteration = _whole(progress.get("iteration"))
+    iterations = _whole(summary.get("iterations"))
     if iterations is None:
-        try:
-            saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-            iterations = saved.get("training", {}).get("iterations")
-        except (OSError, yaml.YAMLError, AttributeError):
-            iterations = None
+        iterations = _configured_iterations(run_dir)
     best = progress.get("best") if status == "running" or "best" not in summary else summary["best"]
-    return RunInfo(run_dir, status, iteration, iterations, best)
+    return RunInfo(run_dir, status, iteration, iterations, _best(best))

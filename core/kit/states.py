@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,11 +15,12 @@ from typing import Any, ClassVar
 import yaml
 from pydantic import ValidationError
 
-from kit.checkpoint import checkpoint_folder
+from kit.checkpoint import check_kit_checkpoint, checkpoint_folder
 from kit.config import KitConfig
-from kit.configdiff import check_changes, diff_configs
+from kit.configdiff import Change, check_changes, diff_configs
 from kit.errors import CheckpointError, ConfigError
 from kit.interfaces import State
+from kit.report import say
 from kit.rundir import create_run_dir, write_json, write_text
 from kit.runs import find_run
 
@@ -31,8 +31,20 @@ def _save_config(run_dir: Path, config: dict[str, Any]) -> None:
     write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
 
-def _say(message: str) -> None:
-    print(f"kit: {message}", file=sys.stderr)
+def _saved_config(run_dir: Path) -> dict[str, Any]:
+    """The run's ``config.yaml`` with today's defaults filled in, or a clear error."""
+    path = run_dir / "config.yaml"
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read the run's saved config {path}: {type(exc).__name__}",
+                          key="--run-dir", hint="restore the file, or start a new run") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"the run's saved config {path} is not a mapping", key="--run-dir",
+                          hint="restore the file, or start a new run")
+    with contextlib.suppress(ValidationError):  # defaults added since the run was saved
+        saved = KitConfig.model_validate(saved).resolved()
+    return saved
 
 
 class TrainNew(State):
@@ -74,31 +86,38 @@ class ContinueTraining(TrainNew):
         trainer = self.trainer
         run_dir, store = trainer.run_dir, trainer.checkpoints
         assert run_dir is not None and store is not None
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-        with contextlib.suppress(ValidationError):  # defaults added since the run was saved
-            saved = KitConfig.model_validate(saved).resolved()
+        saved = _saved_config(run_dir)
         new = trainer.config.resolved()
         changes = diff_configs(saved, new)
         check_changes(changes, allow=trainer.allow_config_change)
         found = store.latest()
-        if found is None:
-            raise CheckpointError(f"run {run_dir} has no valid checkpoint to continue from",
-                                  hint="start it again with --mode new")
+        if found is None:  # stopped before its first checkpoint: start over, in place
+            if changes:
+                self._accept_changes(run_dir, changes, None, new)
+            say(f"{run_dir} has no checkpoint yet: starting it from the beginning")
+            return
         folder, checkpoint = found
         if changes:
-            _say("the config changed since this run was saved:\n"
-                 + "\n".join(f"  {c}{'' if c.safe else '  (allowed by --allow-config-change)'}"
-                             for c in changes))
-            with (run_dir / "config_changes.jsonl").open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps({
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": folder.name,
-                    "changes": [{"key": c.key, "old": c.old, "new": c.new, "safe": c.safe}
-                                for c in changes],
-                }, default=str) + "\n")
-            _save_config(run_dir, new)
+            self._accept_changes(run_dir, changes, folder.name, new)
         trainer.load_state_dict(checkpoint)
-        _say(f"continuing {run_dir} from {folder.name} "
-             f"(iteration {trainer.iteration}, step {trainer.global_step})")
+        trainer.last_checkpoint = folder
+        say(f"continuing {run_dir} from {folder.name} "
+            f"(iteration {trainer.iteration}, step {trainer.global_step})")
+
+    @staticmethod
+    def _accept_changes(run_dir: Path, changes: list[Change], checkpoint: str | None,
+                        new: dict[str, Any]) -> None:
+        """Show accepted config changes, record them in ``config_changes.jsonl``, save the new config."""
+        say("the config changed since this run was saved:\n"
+            + "\n".join(f"  {c}{'' if c.safe else '  (allowed by --allow-config-change)'}"
+                        for c in changes))
+        with (run_dir / "config_changes.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": checkpoint,
+                "changes": [{"key": c.key, "old": c.old, "new": c.new, "safe": c.safe}
+                            for c in changes],
+            }, default=str) + "\n")
+        _save_config(run_dir, new)
 
 
 class EvaluateOnly(State):
@@ -145,7 +164,7 @@ class EvaluateOnly(State):
                     f"run {trainer.run_dir} has no best checkpoint (no monitored metric was recorded)",
                     hint="set checkpoint.monitor when training, or use --checkpoint last")
             if best is not None:
-                self.folder, checkpoint = best, store.load(best)
+                self.folder, checkpoint = best, store.load(best, check=check_kit_checkpoint)
             else:
                 found = store.latest()
                 if found is None:
@@ -153,7 +172,7 @@ class EvaluateOnly(State):
                                           hint="train it first, or pass --checkpoint PATH")
                 self.folder, checkpoint = found
         else:
-            checkpoint = store.load(self.folder)
+            checkpoint = store.load(self.folder, check=check_kit_checkpoint)
         trainer.load_state_dict(checkpoint, resume=False)
 
     def execute(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,19 @@ def _evict_foreign(module_name: str, base_dir: Path) -> None:
         del sys.modules[name]
 
 
+def _first_line(exc: BaseException) -> str:
+    text = exc.msg if isinstance(exc, SyntaxError) and exc.msg else str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _origin(exc: BaseException) -> str:
+    """`` at FILE:LINE`` of the innermost frame outside Python's import machinery."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename]
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" at {exc.filename}:{exc.lineno}"
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
 def resolve_target(target: str, *, key: str, base_dir: Path | None = None) -> Any:
     """Import ``target`` (searching ``base_dir`` first) and return the named attribute."""
     module_name, _, attr = target.partition(":")
@@ -40,13 +54,19 @@ def resolve_target(target: str, *, key: str, base_dir: Path | None = None) -> An
         _evict_foreign(module_name, base_dir)
     try:
         obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name == exc.name or module_name.startswith(f"{exc.name}.")):
+            raise TargetError(f"importing {module_name!r} failed{_origin(exc)}: {_first_line(exc)}",
+                              key=key, hint="install what it imports, or fix the import") from exc
         where = f" (searched {base_dir} and the installed packages)" if base_dir else ""
         raise TargetError(
             f"cannot import {module_name!r}{where}: {exc}",
             key=key,
             hint="check the module path before the colon",
         ) from None
+    except Exception as exc:  # the module itself raised while importing: name where
+        raise TargetError(f"importing {module_name!r} raised {_first_line(exc)}{_origin(exc)}",
+                          key=key, hint="fix the module; `kit --debug` shows the traceback") from exc
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -21,14 +20,15 @@ import torch
 
 from kit import components
 from kit._version import __version__
-from kit.checkpoint import CheckpointStore, Retention
+from kit.checkpoint import CheckpointStore, Retention, check_kit_checkpoint
 from kit.config import KitConfig
 from kit.configdiff import flatten
 from kit.data import build_loaders
-from kit.errors import ConfigError, KitError, RunInterrupted
+from kit.errors import ConfigError, DiskFullError, KitError, RunInterrupted, disk_full
 from kit.interfaces import Backend, CheckpointFormat, State
 from kit.metrics import Metric, MetricKind, MetricRecord, Split
 from kit.plugins import HookRelay, Isolated, PluginChoice, Registry, get_plugin_manager
+from kit.report import say
 from kit.rundir import write_json
 from kit.seed import rng_state, seed_everything, set_rng_state
 from kit.targets import resolve_target
@@ -109,6 +109,8 @@ class Trainer:
         self.results: dict[str, Any] = {}
         """Final results by split: ``{"val": {…}, "test": {…}}``."""
         self.run_dir: Path | None = None
+        self.last_checkpoint: Path | None = None
+        """The newest checkpoint known good: the one this run saved or resumed from last."""
         self.device = torch.device("cpu")
         self.rank = 0
         """This process's global rank; loggers write only where ``is_global_zero``."""
@@ -242,46 +244,79 @@ class Trainer:
         """Bracket a run with ``kit_train_begin``/``kit_train_end``, whatever happens inside.
 
         Failures fire ``kit_exception``; a stop signal or Ctrl-C fires ``kit_interrupt``,
-        both before the end hook. ``summary`` (in the run directory) is written last, always.
+        both before the end hook. ``summary`` (in the run directory) is written last, always
+        when the disk allows; a full disk anywhere becomes one :class:`DiskFullError`.
         """
         self.status = "running"
         self._started = time.time()
         self._arm_periodic_saves()
         try:
-            with self._stop_signals():
-                self.hooks.call("kit_train_begin", trainer=self)
-                try:
-                    yield
-                except KeyboardInterrupt as exc:
-                    self.status = "interrupted"
-                    signum = exc.signum if isinstance(exc, RunInterrupted) else int(signal.SIGINT)
-                    self._safe_call("kit_interrupt", trainer=self, signum=signum)
-                    raise
-                except BaseException as exc:
-                    self.status = "failed"
-                    self._safe_call("kit_exception", trainer=self, error=exc)
-                    raise
-                else:
-                    self.status = "finished"
-                finally:
-                    self._safe_call("kit_train_end", trainer=self)
-        finally:
-            if summary is not None:
-                self._write_summary(mode, summary)
+            self.hooks.call("kit_train_begin", trainer=self)
+            try:
+                if self.stop_signal is not None:  # it came during start-up: stop before any step
+                    self.interrupt()
+                yield
+            except KeyboardInterrupt as exc:
+                self.status = "interrupted"
+                signum = exc.signum if isinstance(exc, RunInterrupted) else int(signal.SIGINT)
+                self._safe_call("kit_interrupt", trainer=self, signum=signum)
+                raise
+            except BaseException as exc:
+                self.status = "failed"
+                self._safe_call("kit_exception", trainer=self, error=exc)
+                raise
+            else:
+                self.status = "finished"
+            finally:
+                self._safe_call("kit_train_end", trainer=self)
+        except Exception as exc:
+            self.status = "failed"
+            self._finish(mode, summary, failed=True)
+            full = disk_full(exc)
+            if full is not None and (isinstance(exc, DiskFullError) or not isinstance(exc, KitError)):
+                path = exc.path if isinstance(exc, DiskFullError) else full.filename
+                raise DiskFullError(path or "a checkpoint or log file", in_run=True,
+                                    last_checkpoint=self.last_checkpoint) from exc
+            raise
+        except BaseException:
+            self._finish(mode, summary, failed=True)
+            raise
+        self._finish(mode, summary, failed=False)
+
+    def _finish(self, mode: str, summary: str | None, *, failed: bool) -> None:
+        """Write the summary; on a failed run a full disk must not hide the first error."""
+        if summary is None:
+            return
+        try:
+            self._write_summary(mode, summary)
+        except OSError as exc:
+            if not failed:
+                if disk_full(exc) is not None:
+                    raise DiskFullError(summary, last_checkpoint=self.last_checkpoint, in_run=True) from exc
+                raise
+            say(f"could not write {summary}: {exc.strerror or exc}")
 
     @contextlib.contextmanager
-    def _stop_signals(self) -> Iterator[None]:
-        """Turn stop signals into ``stop_signal`` (a second one aborts at once), main thread only."""
+    def stop_signals(self) -> Iterator[None]:
+        """Turn stop signals into a clean stop for the whole run, start-up included.
+
+        Before the run directory exists a signal stops at once (nothing is written yet).
+        After, it sets ``stop_signal``: the loops finish the current step, save and stop;
+        a second signal aborts at once (the last committed checkpoint stays good). Main
+        thread only.
+        """
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def on_signal(signum: int, frame: object) -> None:
+            if self.run_dir is None:  # still building: nothing is written, so nothing to save
+                raise RunInterrupted(signum)
             if self.stop_signal is not None:
-                raise KeyboardInterrupt  # the second one: stop now; the last checkpoint stays good
+                raise RunInterrupted(signum, aborted=True)  # the second one: stop now
             self.stop_signal = signum
-            print(f"kit: {signal.Signals(signum).name} received: finishing the current step and saving "
-                  "a checkpoint (send it again to abort at once)", file=sys.stderr)
+            say(f"{signal.Signals(signum).name} received: finishing the current step and saving "
+                "a checkpoint (send it again to abort at once)")
 
         previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
         try:
@@ -301,10 +336,10 @@ class Trainer:
         try:
             self.hooks.call(name, **kwargs)
         except Exception as exc:
-            if self.status != "finished":
-                print(f"kit: {name} hook failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            else:
+            if self.status == "finished":
                 raise
+            if disk_full(exc) is None:  # a full disk is reported once, by the run's own error
+                say(f"{name} hook failed: {type(exc).__name__}: {exc}")
 
     def _write_summary(self, mode: str, name: str) -> None:
         if self.run_dir is None:
@@ -361,8 +396,7 @@ class Trainer:
         """Everything needed to resume, in types ``torch.load(weights_only=True)`` accepts."""
         assert self.model is not None and self.optimizer is not None and self.backend is not None
         return {
-            "kit": {"version": __version__, "format": 2,
-                    "base_dir": str(self.config.base_dir) if self.config.base_dir else None},
+            "kit": {"version": __version__, "format": 2},
             "progress": self.progress(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -425,7 +459,7 @@ class Trainer:
         registered format its manifest names; for modes that start from another run."""
         store = self.checkpoints or CheckpointStore(
             path.parent, self._format_named(self.config.checkpoint.format), resolve=self._format_named)
-        return store.load(path)
+        return store.load(path, check=check_kit_checkpoint)
 
     def _format_named(self, name: str) -> CheckpointFormat:
         format_cls: type[CheckpointFormat] = self._load("kit.checkpoint_formats", name, "checkpoint.format")
@@ -480,6 +514,7 @@ class Trainer:
         self.hooks.call("kit_checkpoint_save", trainer=self, checkpoint=checkpoint)
         path = store.save(checkpoint, step=self.global_step, progress=self.progress(), metrics=metrics)
         self._saved_at, self._saved_path = key, path
+        self.last_checkpoint = path
         self._arm_periodic_saves()
         return path
 

@@ -22,7 +22,7 @@ __all__ = ["TensorBoardLogger"]
 class TensorBoardLogger:
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        log_dir: str = Field("tensorboard", description="relative to the run directory")
+        log_dir: kit.RunPath = Field("tensorboard", description="a folder inside the run directory")
         flush_secs: int = Field(10, ge=1)
         hparams: bool = Field(True, description="write the flattened config as hparams")
 
@@ -43,7 +43,8 @@ class TensorBoardLogger:
         # A resumed run hides what the stopped one logged after its checkpoint, so TensorBoard
         # shows one clean curve instead of two overlapping ones.
         purge = trainer.global_step + 1 if trainer.global_step and trainer.trains else None
-        self.writer = self._writer_cls(log_dir=str(trainer.run_dir / self.options.log_dir),
+        log_dir = kit.run_path(trainer.run_dir, self.options.log_dir, key="loggers.tensorboard.log_dir")
+        self.writer = self._writer_cls(log_dir=str(log_dir),
                                        flush_secs=self.options.flush_secs, purge_step=purge)
         if self.options.hparams and purge is None:
             from torch.utils.tensorboard.summary import hparams

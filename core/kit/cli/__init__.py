@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from kit._version import __version__
-from kit.errors import KitError
+from kit.errors import DiskFullError, KitError, disk_full, validation_message
 from kit.plugins.discovery import EntryPointSpec, Registry
 
 __all__ = ["CliState", "KitCliError", "KitGroup", "main"]
@@ -54,11 +54,14 @@ def _is_validation_error(exc: BaseException) -> bool:
 
 def _user_error(exc: BaseException) -> NoReturn:
     if isinstance(exc, KitError):
-        raise KitCliError(str(exc)) from exc
+        # click.ClickException is ``Error: …`` with exit code 1: a failed run, not bad input
+        raise (KitCliError if exc.exit_code == KitCliError.exit_code else click.ClickException)(
+            str(exc)) from exc
     errors = exc.errors()  # type: ignore[attr-defined]
     err = errors[0]
     loc = ".".join(str(p) for p in err["loc"])
-    raise KitCliError(f"{loc}: {err['msg']}" if loc else err["msg"]) from exc
+    message = validation_message(err)
+    raise KitCliError(f"{loc}: {message}" if loc else message) from exc
 
 
 class KitGroup(click.Group):
@@ -118,12 +121,17 @@ class KitGroup(click.Group):
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", signal.SIGINT)
             saved = getattr(exc, "checkpoint", None)
-            click.echo(f"Interrupted by {signal.Signals(signum).name}"
+            how = " again: stopped at once, the last checkpoint is kept" if getattr(exc, "aborted", False) \
+                else ""
+            click.echo(f"Interrupted by {signal.Signals(signum).name}{how}"
                        + (f"; checkpoint saved at {saved}" if saved else "")
-                       + ("; resume with --mode continue" if saved else "."), err=True)
+                       + ("; resume with --mode continue" if saved or how else "."), err=True)
             ctx.exit(128 + int(signum))
         except Exception as exc:
-            if not (isinstance(exc, KitError) or _is_validation_error(exc)):
+            full = disk_full(exc) if not isinstance(exc, KitError) else None
+            if full is not None:  # a full disk before or outside a run: one line, exit 1
+                exc = DiskFullError(full.filename or "a file")
+            elif not (isinstance(exc, KitError) or _is_validation_error(exc)):
                 raise
             state = ctx.find_object(CliState)
             if state is not None and state.debug:

@@ -10,6 +10,7 @@ import click
 
 from kit.cli import CliState
 from kit.errors import CheckpointError, ConfigError, KitError
+from kit.manifest import Manifest, read_manifest, show_name
 
 __all__ = ["ckpt"]
 
@@ -27,15 +28,19 @@ def _format(state: CliState, name: str, key: str) -> Any:
     return spec.load()()
 
 
-def _open(state: CliState, path: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """Verify and load a checkpoint folder (or a file in it) through its manifest's format."""
-    from kit.checkpoint import CheckpointStore, checkpoint_folder, read_manifest
+def _open(state: CliState, path: Path) -> tuple[Path, Manifest, dict[str, Any]]:
+    """Verify and load a kit checkpoint folder (or a file in it) through its manifest's format.
+
+    Any corruption (a malformed manifest, a forged file list, a format not installed, content
+    that is not a kit checkpoint) is a CheckpointError: one line, exit code 2.
+    """
+    from kit.checkpoint import CheckpointStore, TorchFormat, check_kit_checkpoint, checkpoint_folder
 
     folder = checkpoint_folder(path)
-    manifest = read_manifest(folder)
-    fmt = _format(state, str(manifest.get("format")), "format (in the manifest)")
-    store = CheckpointStore(folder.parent, fmt)
-    return folder, manifest, store.load(folder)
+    store = CheckpointStore(folder.parent, TorchFormat(),
+                            resolve=lambda name: _format(state, name, "format (in the manifest)"))
+    data = store.load(folder, check=check_kit_checkpoint)
+    return folder, read_manifest(folder), data
 
 
 def _size(n: float) -> str:
@@ -76,16 +81,16 @@ def inspect(state: CliState, path: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
-    progress = manifest.get("progress") or {}
+    progress = manifest["progress"]
     click.echo(f"checkpoint  {folder}")
     click.echo(f"format      {manifest.get('format')} (kit {manifest.get('kit_version')}), "
                "verified against its manifest")
     click.echo("progress    " + ", ".join(f"{k} {progress[k]}" for k in (
         "iteration", "global_step", "epoch", "epoch_batches", "phase") if k in progress))
-    if manifest.get("metrics"):
+    if manifest["metrics"]:
         click.echo("metrics     " + ", ".join(f"{k}={v:.6g}" for k, v in manifest["metrics"].items()))
     for name, entry in sorted(manifest["files"].items()):
-        click.echo(f"file        {name}  {_size(int(entry['size']))}  sha256 {entry['sha256'][:16]}…")
+        click.echo(f"file        {show_name(name)}  {_size(entry['size'])}  sha256 {entry['sha256'][:16]}…")
     for key, info in sections.items():
         detail = f"{info['tensors']} tensors, {info['elements']:,} values, {_size(info['bytes'])}" \
             if info["tensors"] else (f"{info['keys']} keys" if info["keys"] >= 0 else "")
@@ -109,7 +114,7 @@ def convert(state: CliState, path: Path, target: str, output: Path | None) -> No
     if output.exists():
         raise CheckpointError(f"{output} already exists", hint="pass another --output, or delete it")
     output.parent.mkdir(parents=True, exist_ok=True)
-    kept = ("step", "progress", "metrics", "monitor")
-    meta: dict[str, Any] = {k: manifest[k] for k in kept if k in manifest}
+    meta: dict[str, Any] = {"step": manifest["step"], "progress": manifest["progress"],
+                            "metrics": manifest["metrics"], "monitor": manifest["monitor"]}
     commit(output, fmt, data, {**meta, "converted_from": str(folder)})
     click.echo(f"wrote {output} ({target})")

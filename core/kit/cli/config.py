@@ -16,7 +16,7 @@ def config() -> None:
 
 
 @config.command()
-@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("path", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value. Repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of YAML.")

@@ -12,7 +12,7 @@ __all__ = ["run"]
 
 
 @click.command()
-@click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("config", type=click.Path(path_type=Path))
 @click.option("--mode", default="new", show_default=True,
               help="The trainer state to run: an entry point in kit.states.")
 @click.option("--backend", default=None, help="Override the config's backend.")

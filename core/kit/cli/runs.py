@@ -7,7 +7,11 @@ from pathlib import Path
 
 import click
 
+from kit.errors import ConfigError
+
 __all__ = ["runs"]
+
+DEFAULT = Path("runs")
 
 
 @click.group()
@@ -16,13 +20,19 @@ def runs() -> None:
 
 
 @runs.command("list")
-@click.argument("runs_dir", type=click.Path(path_type=Path, file_okay=False), default="runs")
+@click.argument("runs_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--experiment", default=None, help="Only this experiment's runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
-def list_(runs_dir: Path, experiment: str | None, as_json: bool) -> None:
+def list_(runs_dir: Path | None, experiment: str | None, as_json: bool) -> None:
     """Show each run under RUNS_DIR (default: runs): running, finished, interrupted, crashed, failed."""
     from kit.runs import list_runs, run_info
 
+    runs_dir = runs_dir or DEFAULT
+    hint = "pass the folder that holds <experiment>/<run-id>/ (default: runs)"
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise ConfigError(f"{runs_dir} is a file, not a runs folder", hint=hint)
+    if not runs_dir.exists() and runs_dir != DEFAULT:  # no runs yet under the default is no error
+        raise ConfigError(f"runs folder {runs_dir} not found", hint=hint)
     infos = [run_info(p) for p in list_runs(runs_dir, experiment)]
     if as_json:
         for info in infos:

@@ -4,6 +4,8 @@ A logger that loses its connection must not end a week-long run. :class:`Isolate
 stands in for a plugin at registration: it exposes the same hook implementations,
 each wrapped so that the first exception is reported (plugin, hook, error) and every
 later call returns at once. ``strict`` plugins are registered as they are instead.
+A full disk is not the logger's failure but the run's: it ends the run
+(:class:`~kit.errors.DiskFullError`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from kit.errors import DiskFullError, disk_full
 from kit.markers import PROJECT
 
 __all__ = ["Isolated"]
@@ -47,6 +50,9 @@ class Isolated:
             try:
                 return method(*args, **kwargs)
             except Exception as exc:
+                full = disk_full(exc)
+                if full is not None:  # not this logger's fault: the whole run is out of disk
+                    raise DiskFullError(full.filename or f"{self.label}'s output") from exc
                 self.failure = f"{hook}: {type(exc).__name__}: {exc}"
                 print(
                     f"kit: {self.label} failed in {hook} ({type(exc).__name__}: {exc}); "

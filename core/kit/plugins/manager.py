@@ -15,7 +15,7 @@ from typing import Any
 import pluggy
 
 from kit import hookspecs
-from kit.errors import ConfigError, KitError, PluginLoadError
+from kit.errors import ConfigError, KitError, PluginLoadError, validation_message
 from kit.markers import PROJECT
 from kit.plugins.discovery import EntryPointSpec, Registry
 from kit.plugins.isolation import Isolated
@@ -67,7 +67,7 @@ def instantiate(obj: Any, options: Mapping[str, Any], *, label: str, where: str 
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(err["msg"], key=f"{key}.{loc}" if loc else key) from None
+        raise ConfigError(validation_message(err), key=f"{key}.{loc}" if loc else key) from None
     return obj(validated)
 
 

@@ -1,0 +1,233 @@
+"""`kit ckpt` and `kit runs list` on corrupt checkpoints and garbled run files, as a user runs them:
+a corrupt checkpoint is one line and exit code 2; a wrong-typed field in a run's files is shown
+as unknown; a bad RUNS_DIR is one line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from clitools import kit, one_error_line
+
+from kit.checkpoint import MANIFEST, CheckpointStore, Retention, TorchFormat
+
+
+def kit_state(step: int) -> dict[str, Any]:
+    return {"model": {"w": torch.full((3,), float(step))}, "optimizer": {"state": {}, "param_groups": []},
+            "progress": {"iteration": step, "global_step": step, "epoch": step}, "rng": {}}
+
+
+def edit_manifest(change: Callable[[dict[str, Any]], Any]) -> Callable[[Path], None]:
+    def forge(folder: Path) -> None:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        (folder / MANIFEST).write_text(json.dumps(change(manifest)))
+    return forge
+
+
+def with_content(content: Callable[[Path], None]) -> Callable[[Path], None]:
+    """Replace checkpoint.pt and list it honestly: only what it holds is wrong."""
+    def forge(folder: Path) -> None:
+        content(folder / "checkpoint.pt")
+        data = (folder / "checkpoint.pt").read_bytes()
+        edit_manifest(lambda m: {**m, "files": {"checkpoint.pt": {
+            "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}}})(folder)
+    return forge
+
+
+class _RunsCode:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, ("touch pwned",))
+
+
+def _pickled_code(path: Path) -> None:
+    with path.open("wb") as fh:
+        pickle.dump({"model": _RunsCode()}, fh, protocol=2)
+
+
+def _symlink_outside(folder: Path) -> None:
+    outside = folder.parent.parent / "stolen.pt"
+    shutil.copy(folder / "checkpoint.pt", outside)
+    (folder / "checkpoint.pt").unlink()
+    (folder / "checkpoint.pt").symlink_to(outside)
+
+
+def _manifest_directory(folder: Path) -> None:
+    (folder / MANIFEST).unlink()
+    (folder / MANIFEST).mkdir()
+
+
+CORRUPT: dict[str, tuple[Callable[[Path], None], str]] = {
+    "unlisted file": (lambda f: (f / "extra.bin").write_bytes(b"x"), "checkpoint {f} holds extra.bin"),
+    "symlink outside": (_symlink_outside, "checkpoint {f}: checkpoint.pt is a symlink"),
+    "../ path": (edit_manifest(lambda m: {**m, "files": {"../../x": m["files"]["checkpoint.pt"]}}),
+                 "checkpoint {f} has a malformed manifest: it lists '../../x'"),
+    "wrong sha256": (edit_manifest(lambda m: {**m, "files": {"checkpoint.pt": {
+        **m["files"]["checkpoint.pt"], "sha256": "0" * 64}}}),
+        "checkpoint {f}: checkpoint.pt does not match"),
+    "files entry a number": (edit_manifest(lambda m: {**m, "files": {"checkpoint.pt": 5}}),
+                             "checkpoint {f} has a malformed manifest: files['checkpoint.pt']"),
+    "manifest a list": (edit_manifest(lambda m: [m]),
+                        "checkpoint {f} has a malformed manifest: it is a JSON list"),
+    "step a string": (edit_manifest(lambda m: {**m, "step": "x"}),
+                      "checkpoint {f} has a malformed manifest: step must be"),
+    "progress null": (edit_manifest(lambda m: {**m, "progress": None}),
+                      "checkpoint {f} has a malformed manifest: progress must be"),
+    "manifest.json a directory": (_manifest_directory, "checkpoint {f} has a malformed manifest"),
+    "no manifest": (lambda f: (f / MANIFEST).unlink(), "checkpoint {f} has no manifest"),
+    "unknown format": (edit_manifest(lambda m: {**m, "format": "onnx"}),
+                       "checkpoint {f} names the checkpoint format 'onnx', which is not installed here"),
+    "not a kit checkpoint": (with_content(lambda p: torch.save({"a": 1}, p)),
+                             "checkpoint {f} is not a kit checkpoint: 'model' is not a dict of tensors"),
+    "progress without iteration": (
+        with_content(lambda p: torch.save({**kit_state(1), "progress": {"global_step": 1, "epoch": 0}}, p)),
+        "checkpoint {f} is not a kit checkpoint: progress['iteration']"),
+    "a list": (with_content(lambda p: torch.save([1, 2], p)), "checkpoint {f} holds a list"),
+    "pickled code": (with_content(_pickled_code),
+                     "cannot load checkpoint {f}/checkpoint.pt: it holds pickled objects that are not "
+                     "plain data (posix.system)"),
+}
+
+
+@pytest.mark.parametrize("case", CORRUPT)
+@pytest.mark.parametrize("command", [["inspect"], ["convert", "--to", "safetensors"]],
+                         ids=["inspect", "convert"])
+def test_ckpt_on_a_corrupt_checkpoint_is_one_line(
+    case: str, command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    folder = CheckpointStore(tmp_path / "ckpt", TorchFormat()).save(kit_state(1), step=1)
+    assert kit("ckpt", "inspect", str(folder)).exit_code == 0
+    forge, expected = CORRUPT[case]
+    forge(folder)
+    one_error_line(kit("ckpt", command[0], str(folder), *command[1:]), expected.format(f=folder))
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # nothing converted
+    assert not (tmp_path / "pwned").exists()
+
+
+# -- kit runs list -----------------------------------------------------------------------
+
+BEST = {"name": "val/loss", "mode": "min", "value": 0.25, "step": 16}
+SUMMARY = {"status": "finished", "iteration": 4, "iterations": 4, "best": BEST}
+
+
+def make_run(runs: Path) -> Path:
+    """A finished run whose files all agree: iteration 4 of 4, best val/loss 0.25 at step 16."""
+    run = runs / "exp" / "20260101-000000"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("experiment: exp\ntraining: {iterations: 4}\n")
+    (run / "summary.json").write_text(json.dumps(SUMMARY))
+    store = CheckpointStore(run / "checkpoints", TorchFormat(), retention=Retention(monitor="val/loss"))
+    store.save(kit_state(16), step=16, progress={"iteration": 4, "best": BEST}, metrics={"val/loss": 0.25})
+    return run
+
+
+def summary(value: Any) -> Callable[[Path], None]:
+    return lambda run: (run / "summary.json").write_text(json.dumps(value))
+
+
+def raw(name: str, data: bytes) -> Callable[[Path], None]:
+    return lambda run: (run / name).write_bytes(data)
+
+
+def no_summary_and(forge: Callable[[Path], None]) -> Callable[[Path], None]:
+    """Without a summary, what is shown comes from the newest checkpoint's manifest."""
+    def both(run: Path) -> None:
+        (run / "summary.json").unlink()
+        forge(run)
+    return both
+
+
+def manifest(change: Callable[[dict[str, Any]], Any]) -> Callable[[Path], None]:
+    return lambda run: edit_manifest(change)(run / "checkpoints" / "step-00000016")
+
+
+def directory(name: str) -> Callable[[Path], None]:
+    def forge(run: Path) -> None:
+        (run / name).unlink(missing_ok=True)
+        (run / name).mkdir()
+    return forge
+
+
+FALLBACK = {"status": "crashed", "iteration": 4, "iterations": 4, "best": BEST}
+"""No usable summary: killed hard, progress and best from the checkpoint."""
+NO_BEST = {**SUMMARY, "best": None}
+UNKNOWN = {**FALLBACK, "iteration": None, "best": None}
+"""Neither a usable summary nor a usable manifest."""
+GARBLED: dict[str, tuple[Callable[[Path], None], dict[str, Any]]] = {
+    "best a string": (summary({**SUMMARY, "best": "x"}), NO_BEST),
+    "best name a number": (summary({**SUMMARY, "best": {"name": 1}}), NO_BEST),
+    "best value a string": (summary({**SUMMARY, "best": {**BEST, "value": "low"}}), NO_BEST),
+    "best step a list": (summary({**SUMMARY, "best": {**BEST, "step": []}}), NO_BEST),
+    "iteration a string": (summary({**SUMMARY, "iteration": "a"}), SUMMARY),  # from the checkpoint
+    "iterations a string": (summary({**SUMMARY, "iterations": "b"}), SUMMARY),  # from config.yaml
+    "iteration a bool": (summary({**SUMMARY, "iteration": True}), SUMMARY),
+    "status a number": (summary({**SUMMARY, "status": 5}), {**SUMMARY, "status": "crashed"}),
+    "status an escape sequence": (summary({**SUMMARY, "status": "\x1b[2J"}),
+                                  {**SUMMARY, "status": "crashed"}),
+    "summary a list": (summary([SUMMARY]), FALLBACK),
+    "summary not json": (raw("summary.json", b'{"status": '), FALLBACK),
+    "summary not utf-8": (raw("summary.json", b'{"status": "\xff"}'), FALLBACK),
+    "summary nested too deep": (raw("summary.json", b"[" * 100_000), FALLBACK),
+    "summary.json a directory": (directory("summary.json"), FALLBACK),
+    "manifest progress a number": (no_summary_and(manifest(lambda m: {**m, "progress": 3})), UNKNOWN),
+    "manifest progress fields wrong": (
+        no_summary_and(manifest(lambda m: {**m, "progress": {"iteration": "a", "best": {"name": 1}}})),
+        UNKNOWN),
+    "manifest a list": (no_summary_and(manifest(lambda m: [m])), UNKNOWN),
+    "manifest.json a directory": (no_summary_and(lambda run: _manifest_directory(
+        run / "checkpoints" / "step-00000016")), UNKNOWN),
+    "config a list": (no_summary_and(raw("config.yaml", b"- 1\n- 2\n")), {**FALLBACK, "iterations": None}),
+    "config a string": (no_summary_and(raw("config.yaml", b"just text\n")), {**FALLBACK, "iterations": None}),
+    "config not utf-8": (no_summary_and(raw("config.yaml", b"training: {iterations: 4}\n\xff\xfe")),
+                         {**FALLBACK, "iterations": None}),
+    "config not yaml": (no_summary_and(raw("config.yaml", b"training: {iterations: [\n")),
+                        {**FALLBACK, "iterations": None}),
+    "config training a number": (no_summary_and(raw("config.yaml", b"training: 3\n")),
+                                 {**FALLBACK, "iterations": None}),
+    "config iterations a string": (no_summary_and(raw("config.yaml", b"training: {iterations: x}\n")),
+                                   {**FALLBACK, "iterations": None}),
+    "run.lock garbled": (raw("run.lock", b"\xff\x00garbage"), {**SUMMARY, "status": "crashed"}),
+    "run.lock a directory": (directory("run.lock"), SUMMARY),
+}
+
+
+@pytest.mark.parametrize("case", GARBLED)
+def test_runs_list_shows_a_wrong_typed_field_as_unknown(case: str, tmp_path: Path) -> None:
+    run = make_run(tmp_path / "runs")
+    listed = kit("runs", "list", str(tmp_path / "runs"), "--json")
+    assert listed.exit_code == 0 and json.loads(listed.output) == {"run": str(run), **SUMMARY}
+    forge, expected = GARBLED[case]
+    forge(run)
+    listed = kit("runs", "list", str(tmp_path / "runs"), "--json")
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.output) == {"run": str(run), **expected}
+    table = kit("runs", "list", str(tmp_path / "runs"))
+    assert table.exit_code == 0, table.output
+    (row,) = table.output.splitlines()[1:]
+    progress = f"{expected['iteration'] if expected['iteration'] is not None else '?'}/" \
+               f"{expected['iterations'] or '?'}"
+    best = "val/loss=0.25 @ step 16" if expected["best"] else "-"
+    assert row.split(maxsplit=1)[1].split() == [expected["status"], progress, *best.split()]
+
+
+def test_runs_list_on_a_file_or_a_missing_folder_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "runs.txt").write_text("not a folder")
+    one_error_line(kit("runs", "list", str(tmp_path / "runs.txt")),
+                   f"{tmp_path / 'runs.txt'} is a file, not a runs folder (pass the folder that holds")
+    one_error_line(kit("runs", "list", str(tmp_path / "nowhere"), "--json"),
+                   f"runs folder {tmp_path / 'nowhere'} not found")
+    monkeypatch.chdir(tmp_path)
+    default = kit("runs", "list")  # no runs yet under the default folder is no error
+    assert default.exit_code == 0 and default.output == "no runs under runs\n"
+    (tmp_path / "runs").write_text("a file where the runs folder should be")
+    one_error_line(kit("runs", "list"), "runs is a file, not a runs folder")
