@@ -5,46 +5,75 @@ any subset of each hook's arguments. kit calls hooks with keywords only, and arg
 only ever grow, so a plugin written today keeps working. The same events fire in the
 same order on every backend; ``tests/backends`` asserts it.
 
-The loop, as the hooks see it (``iteration`` counts from 1; it is an epoch in
-epoch-based training and one optimizer step in step-based training)::
+The loop, as the hooks see it, in firing order (``iteration`` counts from 1; it is an
+epoch in epoch-based training and one optimizer step in step-based training; ``last``
+is ``iteration == iterations`` and ``stopping`` is ``trainer.should_stop``). Nesting is
+by indentation: a ``for`` block repeats, an ``if`` block may be skipped, and lines that
+call no hook say what happens in between. ``tests/core/test_hookspecs.py`` checks that
+real runs fire their hooks in exactly this order::
 
     kit_train_begin(trainer)
     for iteration in range(start + 1, iterations + 1):
         kit_iteration_begin(trainer, iteration)
-        for batch_idx, batch in train_loader:   # step-based: grad_accum batches
+        for batch_idx, batch in train_loader:  # step-based: the iteration's grad_accum batches
+            if step-based and the loader ran out:
+                kit_loader_exhausted(trainer, iteration)  # then it starts over
             kit_step_begin(trainer, iteration, batch_idx)
-            forward, loss, backward; optimizer step every grad_accum batches
+            forward, loss, backward; the optimizer steps every grad_accum batches
+            if the optimizer stepped and global_step % log_every_n_steps == 0:
+                for name in train/loss, train/lr, train/step_time, train/throughput:
+                    kit_metric_recorded(trainer, record)
             kit_step_end(trainer, iteration, batch_idx, loss)
-            every log_every_n_steps optimizer steps:
-                kit_metric_recorded(trainer, record)      # train/loss, train/lr
-            every checkpoint.every_n_steps / every_n_seconds:
-                kit_checkpoint_save(trainer, checkpoint)  # mid-epoch; resumes exactly here
-            if trainer.should_stop: break
-        kit_loader_exhausted(trainer, iteration)          # when the loader ran out
-        if iteration % eval_frequency == 0 or iteration == iterations:
+            if epoch-based, the optimizer stepped and a step/time save is due:
+                kit_checkpoint_save(trainer, checkpoint)  # mid-epoch (not on its last batch)
+            if stopping: break
+        if epoch-based:
+            if a loader without a length left a partial accumulation, the optimizer steps:
+                if global_step % log_every_n_steps == 0:
+                    for name in train/loss, train/lr, train/step_time, train/throughput:
+                        kit_metric_recorded(trainer, record)
+                if a step/time save is due:
+                    kit_checkpoint_save(trainer, checkpoint)
+            if the loader ran out (the pass was not cut short by stopping):
+                kit_loader_exhausted(trainer, iteration)
+            kit_metric_recorded(trainer, record)          # train/loss_epoch
+        if there is a val loader and (iteration % eval_frequency == 0 or last or stopping):
             kit_val_begin(trainer, iteration)
             for batch_idx, batch in val_loader:
                 kit_val_step_begin(trainer, batch_idx)
                 kit_val_step_end(trainer, batch_idx, loss)
-            kit_metric_recorded(trainer, record)          # val/loss, val/<metric>
+            for name in val/loss, val/<metric>:
+                kit_metric_recorded(trainer, record)
             kit_val_end(trainer, iteration, val_results)
-        if iteration % save_frequency == 0 or iteration == iterations:
+        if iteration % save_frequency == 0 or last or stopping or a step/time save is due:
             kit_checkpoint_save(trainer, checkpoint)      # then written atomically
         kit_iteration_end(trainer, iteration, metrics)
-        if trainer.should_stop: break
-    kit_test_begin(trainer)
-    for batch_idx, batch in test_loader:
-        kit_test_step_begin(trainer, batch_idx)
-        kit_test_step_end(trainer, batch_idx, loss)
-    kit_metric_recorded(trainer, record)                  # test/loss, test/<metric>
-    kit_test_end(trainer, test_results)
+        if stopping: break
+    if there is a test loader:
+        kit_test_begin(trainer)
+        for batch_idx, batch in test_loader:
+            kit_test_step_begin(trainer, batch_idx)
+            kit_test_step_end(trainer, batch_idx, loss)
+        for name in test/loss, test/<metric>:
+            kit_metric_recorded(trainer, record)
+        kit_test_end(trainer, test_results)
     kit_train_end(trainer)                                # always, however the run ended
 
-    on resume:      kit_checkpoint_load(trainer, checkpoint)   before kit_train_begin
-    on an error:    kit_exception(trainer, error)              then kit_train_end
-    on a signal:    the current step finishes (train, val or test loop), then
-                    kit_checkpoint_save(trainer, checkpoint)   when training
-                    kit_interrupt(trainer, signum)             then kit_train_end
+    A step/time save is one due by checkpoint.every_n_steps or checkpoint.every_n_seconds.
+
+    resuming:         kit_checkpoint_load(trainer, checkpoint) fires before kit_train_begin
+                      (--mode continue, or auto continuing a run that has a checkpoint),
+                      then the loop goes on where the checkpoint was taken: a mid-epoch one
+                      fires kit_iteration_begin again and goes on from the next batch; one
+                      taken during validation goes straight to that iteration's validation.
+    --mode evaluate:  kit_checkpoint_load, kit_train_begin, the validation block (when there
+                      is a val loader), the test block, kit_train_end; nothing is saved.
+    on an error:      kit_exception(trainer, error), then kit_train_end.
+    on a signal:      the current optimizer step (all its grad_accum batches; step-based: the
+                      iteration's training) or validation or test batch finishes; then
+                      kit_checkpoint_save(trainer, checkpoint) when training (unless this
+                      state is saved already), kit_interrupt(trainer, signum), kit_train_end.
+                      A second signal stops at once: kit_interrupt, kit_train_end, no save.
 
 Loss tensors handed to hooks are detached and stay on the device: converting one to
 a Python number forces a host sync, so do it only when you log. Hooks that nobody
