@@ -27,7 +27,7 @@ def install(session: nox.Session, *args: str, groups: tuple[str, ...] = ()) -> N
 @nox.session
 def quickstart(session: nox.Session) -> None:
     """Train the digits MLP example (scikit-learn's data set ships in the package)."""
-    install(session, "-e", ".[examples]")
+    install(session, "-e", ".[examples,safetensors]")
     session.run("kit", "run", "examples/digits/config.yaml", *session.posargs)
 
 
@@ -35,7 +35,8 @@ def quickstart(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Run the test suite (pass pytest arguments after --)."""
     install(session, "-e", ".", groups=("test",))
-    session.run("pytest", *session.posargs)
+    # one worker per core; a file's tests stay together so its module fixtures are built once
+    session.run("pytest", "-n", "auto", "--dist", "loadfile", *session.posargs)
 
 
 @nox.session

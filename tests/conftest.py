@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -9,8 +11,50 @@ import pytest
 import yaml
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
+
+# -- tests leave no trace: the working tree after the session is the tree before it ----------
+
+_TOOLING = {".git", ".venv", ".nox", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__",
+            "node_modules", ".gl"}
+_TREE = pytest.StashKey[dict[str, tuple[int, int]]]()
+
+
+def _tree() -> dict[str, tuple[int, int]]:
+    """Every file and folder under the repository (tooling caches aside): path -> (size, mtime)."""
+    found: dict[str, tuple[int, int]] = {}
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in _TOOLING and not d.endswith(".egg-info")]
+        for name in (*dirs, *files):
+            path = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                info = os.lstat(path)
+                found[os.path.relpath(path, ROOT)] = (info.st_size, info.st_mtime_ns)
+    return found
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the controller, under xdist too
+        session.config.stash[_TREE] = _tree()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(_TREE, None)
+    if before is None:
+        return
+    after = _tree()
+    changed = sorted(p for p in after.keys() | before.keys()
+                     if before.get(p) != after.get(p) and not os.path.isdir(ROOT / p))
+    changed += sorted(p for p in after.keys() - before.keys() if os.path.isdir(ROOT / p))
+    if changed:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = "tests left traces in the working tree (write under tmp_path instead):\n  " + \
+            "\n  ".join(changed[:20])
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def base_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ __all__ = [
     "ConfigError",
     "DiskFullError",
     "KitError",
+    "PluginError",
     "PluginLoadError",
     "PluginNotFoundError",
     "RunInterrupted",
@@ -63,6 +64,25 @@ class PluginLoadError(KitError):
         lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
         detail = f"{type(cause).__name__}: {'; '.join(lines)}"  # always one line
         super().__init__(f"plugin {entry} failed to load: {detail}", hint=hint)
+
+
+class PluginError(KitError):
+    """A plugin raised in one of its hooks: named with the hook; the run failed (exit 1).
+
+    ``frames`` is the traceback from the plugin's hook down, the part its author can act
+    on; kit's own frames above it are shown only with ``--debug``.
+    """
+
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, label: str, hook: str, cause: BaseException, frames: str) -> None:
+        self.label = label
+        self.hook = hook
+        self.cause = cause
+        self.frames = frames
+        lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+        detail = f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
+        super().__init__(f"plugin {label} failed in {hook}: {detail}")
 
 
 class CheckpointError(KitError):

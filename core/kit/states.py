@@ -1,4 +1,4 @@
-"""kit's built-in modes: ``new``, ``continue`` and ``evaluate``, on one template.
+"""kit's built-in modes: ``new``, ``continue``, ``auto`` and ``evaluate``, on one template.
 
 Each is a :class:`~kit.interfaces.State` registered in ``kit.states``; a package adds
 its own mode the same way (see ``docs/plugins.md``).
@@ -22,9 +22,9 @@ from kit.errors import CheckpointError, ConfigError
 from kit.interfaces import State
 from kit.report import say
 from kit.rundir import create_run_dir, write_json, write_text
-from kit.runs import find_run
+from kit.runs import find_run, latest_run, run_info
 
-__all__ = ["ContinueTraining", "EvaluateOnly", "TrainNew", "format_results"]
+__all__ = ["AutoResume", "ContinueTraining", "EvaluateOnly", "TrainNew", "format_results"]
 
 
 def _save_config(run_dir: Path, config: dict[str, Any]) -> None:
@@ -53,6 +53,14 @@ class TrainNew(State):
     name: ClassVar[str] = "new"
 
     def open_run_dir(self) -> Path:
+        trainer = self.trainer
+        if trainer.requested_run_dir is not None:
+            raise ConfigError(f"mode {self.name} always starts a new run directory", key="--run-dir",
+                              hint="drop --run-dir, or use --mode continue, auto or evaluate on that run")
+        return self.new_run_dir()
+
+    def new_run_dir(self) -> Path:
+        """A new run directory under ``runs_dir/experiment``, holding the resolved config."""
         config = self.trainer.config
         run_dir = create_run_dir(config.runs_dir, config.experiment)
         _save_config(run_dir, config.resolved())
@@ -118,6 +126,40 @@ class ContinueTraining(TrainNew):
                             for c in changes],
             }, default=str) + "\n")
         _save_config(run_dir, new)
+
+
+class AutoResume(ContinueTraining):
+    """Continue the experiment's latest run, or start a new one when there is none or it
+    finished: one command line that is right on the first start and on every requeue.
+
+    A run counts as finished when its summary says so at ``training.iterations`` or more;
+    a larger ``iterations`` extends it instead. ``--run-dir`` continues that run.
+    """
+
+    name: ClassVar[str] = "auto"
+    fresh: bool = False
+
+    def open_run_dir(self) -> Path:
+        trainer = self.trainer
+        cfg = trainer.config
+        if trainer.requested_run_dir is not None:
+            return super().open_run_dir()
+        run = latest_run(cfg.runs_dir, cfg.experiment)
+        if run is not None and not _finished(run, cfg.training.iterations):
+            return run
+        self.fresh = True
+        say(f"starting a new run of {cfg.experiment}"
+            + (f" ({run.name} finished)" if run is not None else " (none to continue)"))
+        return self.new_run_dir()
+
+    def restore(self) -> None:
+        if not self.fresh:
+            super().restore()
+
+
+def _finished(run: Path, iterations: int) -> bool:
+    info = run_info(run)
+    return info.status == "finished" and (info.iteration or 0) >= iterations
 
 
 class EvaluateOnly(State):

@@ -148,9 +148,10 @@ class Trainer:
     def _choices(self) -> list[PluginChoice]:
         cfg = self.config
         return [
-            *(PluginChoice("kit.loggers", p.name, p.options, f"loggers[{i}]", isolate=not p.strict)
+            *(PluginChoice("kit.loggers", p.name, p.options, f"loggers[{i}]", isolate=not p.strict,
+                           base_dir=cfg.base_dir)
               for i, p in enumerate(cfg.loggers)),
-            *(PluginChoice("kit.plugins", p.name, p.options, f"plugins[{i}]")
+            *(PluginChoice("kit.plugins", p.name, p.options, f"plugins[{i}]", base_dir=cfg.base_dir)
               for i, p in enumerate(cfg.plugins)),
         ]
 
@@ -251,8 +252,8 @@ class Trainer:
         self._started = time.time()
         self._arm_periodic_saves()
         try:
-            self.hooks.call("kit_train_begin", trainer=self)
             try:
+                self.hooks.call("kit_train_begin", trainer=self)
                 if self.stop_signal is not None:  # it came during start-up: stop before any step
                     self.interrupt()
                 yield

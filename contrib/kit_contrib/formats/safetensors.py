@@ -3,7 +3,9 @@
 No pickle is involved at all, so a checkpoint from anywhere is safe to load. The JSON
 keeps the checkpoint's shape: tensors become ``{"__tensor__": key}``, tuples and
 dicts with non-string keys (an optimizer's per-parameter state) are tagged so they
-come back as they went in.
+come back as they went in. The ``safetensors`` package is imported with this module, so a
+run that selects the format without it fails before anything is written, naming
+``kit-trainer[safetensors]``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 import kit
 
@@ -78,17 +82,12 @@ class SafetensorsFormat(kit.CheckpointFormat):
     state_file: ClassVar[str] = "state.json"
 
     def save(self, checkpoint: dict[str, Any], folder: Path) -> None:
-        from safetensors.torch import save_file
-
         packer = _Packer()
         skeleton = packer.pack(checkpoint, "checkpoint")
         save_file(packer.tensors, str(folder / self.tensors_file))
         (folder / self.state_file).write_text(json.dumps(skeleton), encoding="utf-8")
 
     def load(self, folder: Path, *, map_location: Any = "cpu") -> dict[str, Any]:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             tensors = load_file(str(folder / self.tensors_file), device="cpu")
             skeleton = json.loads((folder / self.state_file).read_text(encoding="utf-8"))

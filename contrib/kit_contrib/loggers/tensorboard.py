@@ -40,13 +40,15 @@ class TensorBoardLogger:
     def kit_train_begin(self, trainer: Trainer) -> None:
         if trainer.run_dir is None or not trainer.is_global_zero:
             return
-        # A resumed run hides what the stopped one logged after its checkpoint, so TensorBoard
-        # shows one clean curve instead of two overlapping ones.
-        purge = trainer.global_step + 1 if trainer.global_step and trainer.trains else None
         log_dir = kit.run_path(trainer.run_dir, self.options.log_dir, key="loggers.tensorboard.log_dir")
+        # A resumed run hides what the stopped one logged after its checkpoint (a run restarted
+        # from the beginning hides all of it), so TensorBoard shows one clean curve, not two.
+        purge = None
+        if trainer.trains and (trainer.global_step or any(log_dir.glob("events.out.tfevents.*"))):
+            purge = trainer.global_step + 1 if trainer.global_step else 0
         self.writer = self._writer_cls(log_dir=str(log_dir),
                                        flush_secs=self.options.flush_secs, purge_step=purge)
-        if self.options.hparams and purge is None:
+        if self.options.hparams and not trainer.global_step and trainer.trains:
             from torch.utils.tensorboard.summary import hparams
 
             values = {k: v if isinstance(v, bool | int | float | str) else str(v)

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from kit._version import __version__
-from kit.errors import DiskFullError, KitError, disk_full, validation_message
+from kit.errors import DiskFullError, KitError, PluginError, disk_full, validation_message
 from kit.plugins.discovery import EntryPointSpec, Registry
 
 __all__ = ["CliState", "KitCliError", "KitGroup", "main"]
@@ -42,6 +42,7 @@ class CliState:
 
     @property
     def registry(self) -> Registry:
+        """The installed entry points, read from package metadata once per invocation."""
         if self._registry is None:
             self._registry = Registry.from_environment()
         return self._registry
@@ -53,6 +54,9 @@ def _is_validation_error(exc: BaseException) -> bool:
 
 
 def _user_error(exc: BaseException) -> NoReturn:
+    if isinstance(exc, PluginError):  # the plugin's own frames: what its author can act on
+        click.echo(f"Traceback from {exc.label}'s {exc.hook} (kit's frames: `kit --debug …`):\n"
+                   f"{exc.frames}", err=True)
     if isinstance(exc, KitError):
         # click.ClickException is ``Error: …`` with exit code 1: a failed run, not bad input
         raise (KitCliError if exc.exit_code == KitCliError.exit_code else click.ClickException)(
@@ -68,7 +72,9 @@ class KitGroup(click.Group):
     """Resolves subcommands through the ``kit.commands`` entry points."""
 
     def _specs(self, ctx: click.Context) -> dict[str, EntryPointSpec]:
-        state = ctx.find_object(CliState) or CliState()
+        # click resolves the command and renders --help before the group's callback runs,
+        # so the state (and its one registry) is made here, on the context that outlives it
+        state = ctx.ensure_object(CliState)
         specs: dict[str, EntryPointSpec] = {}
         for spec in state.registry.group("kit.commands"):
             # kit's own command wins a name clash; among others the sort order decides
@@ -97,9 +103,10 @@ class KitGroup(click.Group):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """List commands without importing any third-party one."""
         rows = []
-        limit = formatter.width - 6 - max((len(n) for n in self.list_commands(ctx)), default=0)
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max((len(n) for n in names), default=0)
         specs = self._specs(ctx)
-        for name in self.list_commands(ctx):
+        for name in names:
             spec = specs.get(name)
             if spec is not None and spec.package != BUILTIN_PACKAGE:
                 rows.append((name, f"(from {spec.package}; run `kit {name} --help`)"))

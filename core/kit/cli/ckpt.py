@@ -29,16 +29,24 @@ def _format(state: CliState, name: str, key: str) -> Any:
 
 
 def _open(state: CliState, path: Path) -> tuple[Path, Manifest, dict[str, Any]]:
-    """Verify and load a kit checkpoint folder (or a file in it) through its manifest's format.
+    """Verify and load a kit checkpoint folder (or a file in it, or a run directory's newest
+    valid checkpoint) through its manifest's format.
 
     Any corruption (a malformed manifest, a forged file list, a format not installed, content
     that is not a kit checkpoint) is a CheckpointError: one line, exit code 2.
     """
     from kit.checkpoint import CheckpointStore, TorchFormat, check_kit_checkpoint, checkpoint_folder
 
+    def resolve(name: str) -> Any:
+        return _format(state, name, "format (in the manifest)")
+
+    if (path / "checkpoints").is_dir() and (path / "config.yaml").is_file():  # a run: its newest
+        found = CheckpointStore(path / "checkpoints", TorchFormat(), resolve=resolve).latest()
+        if found is None:
+            raise CheckpointError(f"run {path} has no valid checkpoint", hint="pass a checkpoint folder")
+        return found[0], read_manifest(found[0]), found[1]
     folder = checkpoint_folder(path)
-    store = CheckpointStore(folder.parent, TorchFormat(),
-                            resolve=lambda name: _format(state, name, "format (in the manifest)"))
+    store = CheckpointStore(folder.parent, TorchFormat(), resolve=resolve)
     data = store.load(folder, check=check_kit_checkpoint)
     return folder, read_manifest(folder), data
 
@@ -69,7 +77,11 @@ def _tensors(value: Any) -> tuple[int, int, int]:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
 @click.pass_obj
 def inspect(state: CliState, path: Path, as_json: bool) -> None:
-    """Verify PATH (a checkpoint folder) against its manifest and show what it holds."""
+    """Verify PATH against its manifest and show what it holds.
+
+    PATH is a checkpoint folder (or a file in it), or a run directory for its newest valid
+    checkpoint: `kit runs list` shows the runs.
+    """
     folder, manifest, data = _open(state, path)
     sections: dict[str, dict[str, int]] = {}
     for key, value in data.items():
@@ -105,7 +117,8 @@ def inspect(state: CliState, path: Path, as_json: bool) -> None:
               help="The new checkpoint folder (default: PATH-FORMAT beside PATH).")
 @click.pass_obj
 def convert(state: CliState, path: Path, target: str, output: Path | None) -> None:
-    """Write checkpoint PATH again in another format, verified and committed like any save."""
+    """Write checkpoint PATH (or a run directory's newest) again in another format, verified
+    and committed like any save."""
     from kit.checkpoint import commit
 
     folder, manifest, data = _open(state, path)

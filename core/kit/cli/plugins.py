@@ -42,7 +42,8 @@ def _status(spec: EntryPointSpec, state: CliState, check: bool, clashes: set[tup
 @plugins.command("list")
 @click.option("--group", "groups", multiple=True, type=click.Choice(GROUPS),
               help="Only this entry-point group. Repeatable.")
-@click.option("--check", is_flag=True, help="Also import each plugin to catch import errors.")
+@click.option("--check", is_flag=True,
+              help="Also import each plugin to catch import errors; exit 1 if any row is an error.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
 @click.pass_obj
 def list_(state: CliState, groups: tuple[str, ...], check: bool, as_json: bool) -> None:
@@ -50,6 +51,8 @@ def list_(state: CliState, groups: tuple[str, ...], check: bool, as_json: bool) 
 
     Without --check nothing is imported: a missing module or a missing optional
     dependency shows here, an error inside a plugin's code shows with --check.
+    The exit code is 0 without --check, whatever the rows say; with --check it is 1
+    when any listed plugin has an error, after the whole list is printed.
     """
     specs = [s for s in state.registry.specs if not groups or s.group in groups]
     seen: dict[tuple[str, str], set[str]] = {}
@@ -61,14 +64,24 @@ def list_(state: CliState, groups: tuple[str, ...], check: bool, as_json: bool) 
         for s, status in rows:
             click.echo(json.dumps({"group": s.group, "name": s.name, "package": s.package,
                                    "version": s.version, "value": s.value, "status": status}))
-        return
+    else:
+        _print_table(rows)
+    failed = [s.label for s, status in rows if status.startswith("error")]
+    if check and failed:
+        many = "s" if len(failed) > 1 else ""
+        raise click.ClickException(f"--check found {len(failed)} broken plugin{many}: {', '.join(failed)}")
+
+
+def _print_table(rows: list[tuple[EntryPointSpec, str]]) -> None:
+    """A rich table whose cells are plain text: ``pkg[extra]`` from metadata is not markup."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None, pad_edge=False)
     for column in ("group", "name", "package", "version", "status"):
         table.add_column(column, overflow="fold")
     for s, status in rows:
-        style = "red" if status.startswith("error") else None
-        table.add_row(s.group, s.name, s.package, s.version, status, style=style)
+        style = "red" if status.startswith("error") else ""
+        table.add_row(*(Text(cell, style=style) for cell in (s.group, s.name, s.package, s.version, status)))
     Console(highlight=False).print(table)

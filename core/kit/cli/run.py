@@ -19,7 +19,7 @@ __all__ = ["run"]
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set training.iterations=5. Repeatable.")
 @click.option("--run-dir", type=click.Path(path_type=Path), default=None,
-              help="continue/evaluate: the run to use (default: the experiment's latest).")
+              help="continue/auto/evaluate: the run to use (default: the experiment's latest).")
 @click.option("--checkpoint", default=None, metavar="best|last|PATH",
               help="evaluate: the checkpoint to load (default: best if one was monitored, else last).")
 @click.option("--allow-config-change", is_flag=True,
@@ -28,12 +28,15 @@ __all__ = ["run"]
 def run(state: CliState, config: Path, mode: str, backend: str | None,
         overrides: tuple[str, ...], run_dir: Path | None, checkpoint: str | None,
         allow_config_change: bool) -> None:
-    """Run CONFIG (YAML or TOML) in the given mode: new, continue, evaluate, or a plugin's.
+    """Run CONFIG (YAML or TOML) in the given mode: new, continue, auto, evaluate, or a plugin's.
 
     SIGTERM, SIGINT and SIGUSR1 stop a run after the current step with a checkpoint saved
-    (exit code 128+signal); `--mode continue` picks it up exactly there.
+    (exit code 128+signal); `--mode continue` picks it up exactly there. `--mode auto`
+    continues the latest run unless it finished, else starts a new one: the same command
+    line for a job's first start and every requeue.
     """
     from kit.config import PluginConfig, load_config
+    from kit.plugins import blame
     from kit.trainer import Trainer
 
     cfg = load_config(config, overrides)
@@ -42,4 +45,10 @@ def run(state: CliState, config: Path, mode: str, backend: str | None,
     trainer = Trainer(cfg, mode=mode, backend=backend, registry=state.registry,
                       blocked=state.blocked, run_dir=run_dir, checkpoint=checkpoint,
                       allow_config_change=allow_config_change)
-    trainer.run()
+    try:
+        trainer.run()
+    except Exception as exc:  # a plugin's failure is named with its hook, above its own frames
+        blamed = blame(exc, trainer.pm)
+        if blamed is None:
+            raise
+        raise blamed from exc

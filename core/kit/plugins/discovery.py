@@ -1,7 +1,9 @@
 """Find, load and check kit's plugins: three separate steps.
 
 1. **discover** reads entry-point metadata only: nothing is imported, so ``kit --help``
-   and ``kit plugins list`` stay fast and a broken plugin cannot break them.
+   and ``kit plugins list`` stay fast and a broken plugin cannot break them. It walks
+   the installed distributions once and parses ``METADATA`` only for the few that
+   provide a kit entry point (parsing every package's is what made ``--help`` slow).
 2. **load** imports one entry point, by name, when a run selects it. An import failure
    becomes one :class:`~kit.errors.PluginLoadError` naming ``package[entry]``.
 3. **check** inspects an entry point without running its code: is its module on the
@@ -54,6 +56,8 @@ class EntryPointSpec:
     value: str
     version: str = ""
     extras: tuple[str, ...] = field(default=(), compare=False)
+    requires: tuple[str, ...] = field(default=(), compare=False)
+    """The distributions ``extras`` need, from the package's ``Requires-Dist`` at discovery."""
 
     @property
     def label(self) -> str:
@@ -97,7 +101,7 @@ class EntryPointSpec:
         found: list[str] = []
         if not _module_exists(self.module):
             found.append(f"module {self.module!r} not found")
-        missing = _missing_extras(self.package, self.extras)
+        missing = [dist for dist in self.requires if not _installed(dist)]
         if missing:
             extras = ",".join(self.extras)
             found.append(
@@ -129,37 +133,41 @@ def _module_exists(dotted: str) -> bool:
     return True
 
 
-def _missing_extras(package: str, extras: tuple[str, ...]) -> list[str]:
-    """Requirements of ``package[extras]`` that have no installed distribution."""
-    if not extras:
-        return []
+def _installed(dist: str) -> bool:
+    """Is a distribution called ``dist`` installed? A name lookup: no metadata is read."""
     try:
-        requires = md.distribution(package).requires or []
+        md.distribution(dist)
     except md.PackageNotFoundError:
-        return []
-    missing = []
-    for req in requires:
+        return False
+    return True
+
+
+def _required_by(extras: tuple[str, ...], requirements: Iterable[str]) -> tuple[str, ...]:
+    """The distribution names in ``Requires-Dist`` lines whose marker names one of ``extras``."""
+    names = []
+    for req in requirements:
         name, _, marker = req.partition(";")
-        if not any(re.search(rf"extra\s*==\s*['\"]{re.escape(e)}['\"]", marker) for e in extras):
-            continue
-        dist = re.split(r"[\s\[<>=!~(;]", name.strip(), maxsplit=1)[0]
-        try:
-            md.distribution(dist)
-        except md.PackageNotFoundError:
-            missing.append(dist)
-    return missing
+        if any(re.search(rf"extra\s*==\s*['\"]{re.escape(e)}['\"]", marker) for e in extras):
+            names.append(re.split(r"[\s\[<>=!~(;]", name.strip(), maxsplit=1)[0])
+    return tuple(names)
 
 
 # -- step 1: discover -----------------------------------------------------------------
 
 
 def _from_metadata(groups: Iterable[str]) -> Iterator[EntryPointSpec]:
-    wanted = set(groups)
-    for dist in md.distributions():
-        package = dist.metadata["Name"] or "?"
-        for ep in dist.entry_points:
-            if ep.group not in wanted:
-                continue
+    """Every entry point in ``groups``, from one walk of the installed distributions.
+
+    ``entry_points()`` reads each distribution's ``entry_points.txt`` only, and skips a
+    package shadowed by an earlier copy on ``sys.path`` (as import does).
+    """
+    everything = md.entry_points()
+    packages: dict[md.Distribution | None, tuple[str, str, list[str]]] = {}
+    for group in dict.fromkeys(groups):
+        for ep in everything.select(group=group):
+            if ep.dist not in packages:
+                packages[ep.dist] = _about(ep.dist)
+            package, version, requirements = packages[ep.dist]
             match = _VALUE.match(ep.value)
             extras = tuple(
                 e.strip() for e in (match.group("extras") or "").split(",") if e.strip()
@@ -169,9 +177,18 @@ def _from_metadata(groups: Iterable[str]) -> Iterator[EntryPointSpec]:
                 name=ep.name,
                 package=package,
                 value=ep.value,
-                version=dist.version,
+                version=version,
                 extras=extras,
+                requires=_required_by(extras, requirements) if extras else (),
             )
+
+
+def _about(dist: md.Distribution | None) -> tuple[str, str, list[str]]:
+    """Name, version and ``Requires-Dist`` of ``dist``: one parse of its ``METADATA``."""
+    if dist is None:
+        return "?", "", []
+    meta = dist.metadata
+    return meta["Name"] or "?", meta["Version"] or "", meta.get_all("Requires-Dist") or []
 
 
 class Registry:
@@ -183,13 +200,17 @@ class Registry:
 
     def __init__(self, specs: Iterable[EntryPointSpec]) -> None:
         self.specs: tuple[EntryPointSpec, ...] = tuple(sorted(set(specs)))
+        self._groups: dict[str, list[EntryPointSpec]] = {}
+        for spec in self.specs:
+            self._groups.setdefault(spec.group, []).append(spec)
 
     @classmethod
     def from_environment(cls, groups: Iterable[str] = GROUPS) -> Registry:
+        """Read the installed packages' entry points: costly, so build one and keep it."""
         return cls(_from_metadata(groups))
 
     def group(self, group: str) -> list[EntryPointSpec]:
-        return [spec for spec in self.specs if spec.group == group]
+        return list(self._groups.get(group, ()))
 
     def names(self, group: str) -> list[str]:
         return sorted({spec.name for spec in self.group(group)})

@@ -10,6 +10,7 @@ import difflib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -17,11 +18,13 @@ import pluggy
 from kit import hookspecs
 from kit.errors import ConfigError, KitError, PluginLoadError, validation_message
 from kit.markers import PROJECT
-from kit.plugins.discovery import EntryPointSpec, Registry
+from kit.plugins.discovery import Registry
 from kit.plugins.isolation import Isolated
+from kit.report import say, warn
 
 __all__ = [
     "AUTOLOAD_ENV",
+    "KitPluginManager",
     "PluginChoice",
     "get_plugin_manager",
     "instantiate",
@@ -42,6 +45,22 @@ class PluginChoice:
     """The config key that asked for it, for error messages (``loggers[1]``)."""
     isolate: bool = False
     """Report and disable the plugin when a hook raises, instead of failing the run."""
+    base_dir: Path | None = None
+    """Where an import target is searched first: the config file's folder, as for models."""
+
+
+class KitPluginManager(pluggy.PluginManager):
+    """pluggy's manager, knowing how to name each plugin to a user (``package[entry]``)."""
+
+    def __init__(self) -> None:
+        super().__init__(PROJECT)
+        self.labels: dict[str, str] = {}
+
+    def label(self, name: str | None, plugin: object = None) -> str:
+        """``package[entry]``, an import target, or the class name of an object registered as is."""
+        if name is not None and name in self.labels:
+            return self.labels[name]
+        return type(plugin).__qualname__ if plugin is not None else str(name)
 
 
 def instantiate(obj: Any, options: Mapping[str, Any], *, label: str, where: str = "") -> Any:
@@ -72,17 +91,32 @@ def instantiate(obj: Any, options: Mapping[str, Any], *, label: str, where: str 
 
 
 def _load_choice(choice: PluginChoice, registry: Registry) -> tuple[str, Any]:
-    if ":" in choice.name:  # an import target, not an entry point
-        spec = EntryPointSpec(group=choice.group, name=choice.name, package="<config>",
-                              value=choice.name)
+    if ":" in choice.name:  # an import target, resolved like the config's model and data
+        from kit.targets import resolve_target
+
         label = choice.name
+        loaded = resolve_target(choice.name, key=choice.where or choice.name, base_dir=choice.base_dir)
     else:
         try:
             spec = registry.find(choice.group, choice.name)
         except KitError as exc:
             raise ConfigError(exc.message, key=choice.where or None, hint=exc.hint) from None
-        label = spec.label
-    return label, instantiate(spec.load(), choice.options, label=label, where=choice.where)
+        label, loaded = spec.label, spec.load()
+    return label, instantiate(loaded, choice.options, label=label, where=choice.where)
+
+
+def _check_blocked(blocked: Iterable[str], choices: list[PluginChoice], registry: Registry) -> None:
+    """Say what ``-p no:NAME`` does to this run: a configured plugin left out, or nothing at all."""
+    known = {spec.name for group in ("kit.plugins", "kit.loggers") for spec in registry.group(group)}
+    chosen = {c.name: c for c in choices}
+    for name in blocked:
+        if name in chosen:
+            choice = chosen[name]
+            say(f"{choice.where or name} ({name}) is blocked by -p no:{name}: it will not run")
+        elif name not in known:
+            names = ", ".join(sorted(known)) or "none"
+            warn(f"-p no:{name} blocks nothing: no installed plugin or logger is named {name!r} "
+                 f"(installed: {names})")
 
 
 def get_plugin_manager(
@@ -91,7 +125,7 @@ def get_plugin_manager(
     registry: Registry | None = None,
     autoload: bool | None = None,
     blocked: Iterable[str] = (),
-) -> pluggy.PluginManager:
+) -> KitPluginManager:
     """Build a new plugin manager holding kit's hook specs and the selected plugins.
 
     :param plugins: plugin objects to register as they are (first, in this order).
@@ -101,8 +135,9 @@ def get_plugin_manager(
         ``KIT_DISABLE_PLUGIN_AUTOLOAD`` is set.
     :param blocked: plugin names that must not load (``-p no:NAME``).
     """
-    pm = pluggy.PluginManager(PROJECT)
+    pm = KitPluginManager()
     pm.add_hookspecs(hookspecs)
+    blocked = list(blocked)
     for name in blocked:
         pm.set_blocked(name)
     for plugin in plugins:
@@ -110,8 +145,10 @@ def get_plugin_manager(
     if autoload is None:
         autoload = os.environ.get(AUTOLOAD_ENV, "") in ("", "0")
     choices = list(choices)
-    if autoload or choices:
+    if autoload or choices or blocked:
         registry = registry if registry is not None else Registry.from_environment()
+    if blocked and registry is not None:
+        _check_blocked(blocked, choices, registry)
     chosen = {c.name for c in choices}
     if autoload and registry is not None:
         for spec in registry.group("kit.plugins"):
@@ -133,7 +170,8 @@ def get_plugin_manager(
     return pm
 
 
-def _register(pm: pluggy.PluginManager, name: str, plugin: Any, label: str) -> None:
+def _register(pm: KitPluginManager, name: str, plugin: Any, label: str) -> None:
+    pm.labels[name] = label
     try:
         pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:

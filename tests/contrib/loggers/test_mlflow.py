@@ -82,6 +82,7 @@ def test_a_failed_run_is_failed_and_tracking_uri_is_honoured(
     kit_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    monkeypatch.chdir(tmp_path)  # MLflow puts this store's artifacts in ./mlruns
     trainer = kit.Trainer(kit_config(loggers=["mlflow"]), plugins=[Boom()], autoload=False)
     with pytest.raises(RuntimeError, match="boom"):
         trainer.run()

@@ -56,3 +56,20 @@ def test_missing_tensorboard_is_named_with_the_extra(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(md, "distribution", without_tensorboard)
     assert spec.problems() == ["missing tensorboard: install `kit-trainer[tensorboard]`"]
+
+
+def test_a_run_restarted_from_the_beginning_draws_one_curve(kit_config: Any) -> None:
+    import shutil
+
+    config = kit_config(loggers=["tensorboard"], training={"iterations": 2, "log_every_n_steps": 1})
+    first = kit.Trainer(config, autoload=False)
+    first.run()
+    assert first.run_dir is not None
+    shutil.rmtree(first.run_dir / "checkpoints")  # as if killed before its first checkpoint
+    again = kit.Trainer(config, mode="continue", autoload=False)
+    again.run()
+    assert again.run_dir == first.run_dir
+    acc = event_accumulator.EventAccumulator(str(first.run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("train/loss")]
+    assert steps == sorted(set(steps)) == list(range(1, 9))  # once each, not two overlapping curves

@@ -162,7 +162,7 @@ def test_a_broken_plugin_breaks_only_the_runs_that_load_it(
                                   catch_exceptions=False)
 
     listed = invoke("plugins", "list", "--json", "--check")
-    assert listed.exit_code == 0
+    assert listed.exit_code == 1 and listed.stderr == "Error: --check found 1 broken plugin: acme[broken]\n"
     row = next(json.loads(line) for line in listed.output.splitlines() if '"broken"' in line)
     assert row["status"].startswith("error: ModuleNotFoundError")
     assert invoke("hooks").exit_code == 0

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +76,45 @@ def test_installed_builtins_register_through_entry_points() -> None:
     assert {("kit.loggers", "console"), ("kit.loggers", "jsonl"),
             ("kit.checkpoint_formats", "torch"), ("kit.commands", "run")} <= set(found)
     assert all(not s.problems() for s in found.values())
+
+
+def install(site: Path, version: str) -> None:
+    """A real (if tiny) installed distribution ``acme-kit`` under ``site``."""
+    info = site / f"acme_kit-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: acme-kit\nVersion: {version}\n"
+        "Requires-Dist: pyyaml>=6\n"
+        'Requires-Dist: kit-dependency-that-does-not-exist>=1; extra == "fancy"\n'
+        "Requires-Dist: another-missing-dist ; extra == 'other'\n")
+    (info / "entry_points.txt").write_text(
+        "[kit.loggers]\nfancy = acme_fancy:Logger [fancy]\nplain = acme_fancy:Logger\n")
+    (site / "acme_fancy.py").write_text("class Logger:\n    pass\n")
+
+
+def test_discovery_reads_what_an_entry_points_extras_require(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install(tmp_path, "1.0")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry.from_environment(["kit.loggers"])
+    fancy, plain = registry.find("kit.loggers", "fancy"), registry.find("kit.loggers", "plain")
+    assert (fancy.package, fancy.version, fancy.extras) == ("acme-kit", "1.0", ("fancy",))
+    assert fancy.requires == ("kit-dependency-that-does-not-exist",)  # not pyyaml, not 'other'
+    assert fancy.problems() == [
+        "missing kit-dependency-that-does-not-exist: install `acme-kit[fancy]`"]
+    assert plain.requires == () and plain.problems() == []
+    assert "acme_fancy" not in sys.modules
+
+
+def test_a_shadowed_copy_of_a_package_is_not_a_second_plugin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install(tmp_path / "first", "2.0")
+    install(tmp_path / "second", "1.0")
+    monkeypatch.syspath_prepend(str(tmp_path / "second"))
+    monkeypatch.syspath_prepend(str(tmp_path / "first"))  # import finds this copy: so does kit
+    registry = Registry.from_environment(["kit.loggers"])
+    assert [(s.name, s.version) for s in registry.specs if s.package == "acme-kit"] == [
+        ("fancy", "2.0"), ("plain", "2.0")]
+    assert registry.find("kit.loggers", "plain").version == "2.0"
