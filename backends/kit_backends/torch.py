@@ -26,6 +26,12 @@ if TYPE_CHECKING:
 __all__ = ["TorchBackend"]
 
 
+def _skips(loader: Any) -> bool:
+    """Whether ``loader`` starts a resumed pass by skipping indices (kit's EpochSampler)
+    rather than by replaying batches."""
+    return isinstance(getattr(loader, "sampler", None), kit.EpochSampler) and bool(loader.batch_size)
+
+
 class TorchBackend(kit.Backend):
     """Single process on cpu, cuda or mps; epoch- or step-based; AMP, accumulation, clipping."""
 
@@ -153,7 +159,8 @@ class TorchBackend(kit.Backend):
         loader = trainer.train_loader
         assert loader is not None
         sampler = getattr(loader, "sampler", None)
-        if isinstance(sampler, kit.EpochSampler) and loader.batch_size:
+        if _skips(loader):
+            assert isinstance(sampler, kit.EpochSampler) and loader.batch_size
             sampler.set_epoch(trainer.epoch, start=skip * loader.batch_size)  # O(1): no replay
             return iter(loader)
         set_epoch = getattr(sampler, "set_epoch", None)
@@ -188,8 +195,8 @@ class TorchBackend(kit.Backend):
             if hooks.kit_iteration_begin is not None:
                 hooks.kit_iteration_begin(trainer=trainer, iteration=iteration)
             batches = self._batches(trainer, skip)
-            try:
-                n_batches: int | None = skip + len(loader)
+            try:  # an EpochSampler now yields the rest of the pass; a replayed loader, all of it
+                n_batches: int | None = len(loader) + (skip if _skips(loader) else 0)
             except TypeError:  # an IterableDataset without a length
                 n_batches = None
             step_begin, step_end = hooks.kit_step_begin, hooks.kit_step_end

@@ -102,3 +102,33 @@ def test_compile(kit_config: Any) -> None:
     assert trainer.run_dir is not None
     ckpt = torch.load(trainer.run_dir / "checkpoints" / "step-00000004" / "checkpoint.pt", weights_only=True)
     assert not any(k.startswith("_orig_mod") for k in ckpt["model"])
+
+
+def test_a_resumed_pass_over_the_users_own_loader_is_exact(kit_config: Any) -> None:
+    """Replaying batches to the resume point must still end the pass with its optimizer step."""
+    import os
+    import signal
+
+    from kit.errors import RunInterrupted
+
+    class StopAtFirstStep:
+        @kit.hookimpl
+        def kit_step_end(self, trainer: kit.Trainer) -> None:
+            if trainer.global_step == 1 and trainer.stop_signal is None:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    overrides = {"data": {"target": "tiny_task:build_loaders"},
+                 "training": {"iterations": 2, "grad_accum": 3}}  # 4 batches: steps after 3 and 4
+    straight = kit.Trainer(kit_config(**overrides, experiment="straight"), autoload=False)
+    straight.run()
+    stopped = kit.Trainer(kit_config(**overrides), plugins=[StopAtFirstStep()], autoload=False)
+    with pytest.raises(RunInterrupted):
+        stopped.run()
+    assert stopped.epoch_batches == 3
+    with pytest.warns(UserWarning, match="replaying 3 batches"):
+        resumed = kit.Trainer(kit_config(**overrides), mode="continue", autoload=False)
+        resumed.run()
+    assert resumed.global_step == straight.global_step == 4
+    assert straight.model is not None and resumed.model is not None
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
