@@ -1,7 +1,8 @@
 """kit: a plugin-discovered, multi-backend trainer for PyTorch.
 
-Importing ``kit`` is cheap: it pulls in pluggy but neither torch nor click. Names that
-need torch or pydantic (``Trainer``, the config models, ``Data``) load on first use.
+Importing ``kit`` is cheap: it loads kit's exceptions and nothing else. Every other
+name (pluggy's markers, the interfaces, ``Trainer`` with torch, the config models with
+pydantic) loads on first use, so ``kit --help`` pays only for what it shows.
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ from kit.errors import (
     PluginNotFoundError,
     TargetError,
 )
-from kit.interfaces import Backend, CheckpointFormat, State
-from kit.markers import hookimpl, hookspec
-from kit.metrics import Metric, MetricRecord
-from kit.plugins import HookRelay, PluginChoice, Registry, get_plugin_manager
-from kit.rundir import atomic_write, write_json
 
 if TYPE_CHECKING:
     from kit.config import KitConfig, load_config
     from kit.data import Data, EpochSampler
+    from kit.interfaces import Backend, CheckpointFormat, State
+    from kit.markers import hookimpl, hookspec
+    from kit.metrics import Metric, MetricRecord
     from kit.paths import RunPath, run_path
+    from kit.plugins import HookRelay, PluginChoice, Registry, get_plugin_manager
+    from kit.rundir import atomic_write, write_json
     from kit.targets import resolve_target
     from kit.trainer import Trainer
 
@@ -63,6 +64,19 @@ __all__ = [
 ]
 
 _LAZY = {
+    "Backend": "kit.interfaces",
+    "CheckpointFormat": "kit.interfaces",
+    "State": "kit.interfaces",
+    "hookimpl": "kit.markers",
+    "hookspec": "kit.markers",
+    "Metric": "kit.metrics",
+    "MetricRecord": "kit.metrics",
+    "HookRelay": "kit.plugins",
+    "PluginChoice": "kit.plugins",
+    "Registry": "kit.plugins",
+    "get_plugin_manager": "kit.plugins",
+    "atomic_write": "kit.rundir",
+    "write_json": "kit.rundir",
     "Trainer": "kit.trainer",
     "KitConfig": "kit.config",
     "load_config": "kit.config",

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 
 import click
 
 from kit.cli import CliState
 from kit.errors import KitError
-from kit.plugins.discovery import GROUPS, EntryPointSpec
-from kit.plugins.manager import AUTOLOAD_ENV
+from kit.plugins.discovery import AUTOLOAD_ENV, GROUPS, EntryPointSpec, autoload_enabled
 
 __all__ = ["plugins"]
 
@@ -21,7 +19,7 @@ def plugins() -> None:
 
 
 def _status(spec: EntryPointSpec, state: CliState, check: bool, clashes: set[tuple[str, str]]) -> str:
-    problems = spec.problems()
+    problems = spec.problems(state.registry)
     if (spec.group, spec.name) in clashes:
         problems.append(f"name clash: several packages provide {spec.group} {spec.name!r}")
     if not problems and check:
@@ -33,7 +31,7 @@ def _status(spec: EntryPointSpec, state: CliState, check: bool, clashes: set[tup
         return "error: " + "; ".join(problems)
     if spec.name in state.blocked:
         return "blocked (-p no:)"
-    if spec.group == "kit.plugins" and os.environ.get(AUTOLOAD_ENV, "") not in ("", "0") \
+    if spec.group == "kit.plugins" and not autoload_enabled() \
             and spec.name not in state.enabled:
         return f"not autoloaded ({AUTOLOAD_ENV})"
     return "ok"

@@ -1,10 +1,24 @@
-"""Plugin discovery and the plugin manager; importing this pulls in neither torch nor click."""
+"""Plugin discovery and the plugin manager; importing this pulls in neither torch nor click.
 
-from kit.plugins.blame import blame
-from kit.plugins.discovery import GROUPS, EntryPointSpec, Registry
-from kit.plugins.isolation import Isolated
-from kit.plugins.manager import AUTOLOAD_ENV, KitPluginManager, PluginChoice, get_plugin_manager, instantiate
-from kit.plugins.relay import HookRelay
+Names load on first use: ``kit --help`` needs discovery but not pluggy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kit.plugins.blame import blame
+    from kit.plugins.discovery import AUTOLOAD_ENV, GROUPS, EntryPointSpec, Registry
+    from kit.plugins.isolation import Isolated
+    from kit.plugins.manager import (
+        KitPluginManager,
+        PluginChoice,
+        get_plugin_manager,
+        instantiate,
+    )
+    from kit.plugins.relay import HookRelay
 
 __all__ = [
     "AUTOLOAD_ENV",
@@ -19,3 +33,26 @@ __all__ = [
     "get_plugin_manager",
     "instantiate",
 ]
+
+_LAZY = {
+    "blame": "kit.plugins.blame",
+    "GROUPS": "kit.plugins.discovery",
+    "EntryPointSpec": "kit.plugins.discovery",
+    "Registry": "kit.plugins.discovery",
+    "Isolated": "kit.plugins.isolation",
+    "AUTOLOAD_ENV": "kit.plugins.discovery",
+    "KitPluginManager": "kit.plugins.manager",
+    "PluginChoice": "kit.plugins.manager",
+    "get_plugin_manager": "kit.plugins.manager",
+    "instantiate": "kit.plugins.manager",
+    "HookRelay": "kit.plugins.relay",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kit.plugins' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

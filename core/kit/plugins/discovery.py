@@ -1,9 +1,10 @@
 """Find, load and check kit's plugins: three separate steps.
 
 1. **discover** reads entry-point metadata only: nothing is imported, so ``kit --help``
-   and ``kit plugins list`` stay fast and a broken plugin cannot break them. It walks
-   the installed distributions once and parses ``METADATA`` only for the few that
-   provide a kit entry point (parsing every package's is what made ``--help`` slow).
+   and ``kit plugins list`` stay fast and a broken plugin cannot break them. It scans
+   ``sys.path`` once for ``*.dist-info`` folders (as ``importlib.metadata`` does, without
+   importing it and its ``email`` parser), reads each ``entry_points.txt`` once, and
+   ``Requires-Dist`` only where a kit entry point declares extras.
 2. **load** imports one entry point, by name, when a run selects it. An import failure
    becomes one :class:`~kit.errors.PluginLoadError` naming ``package[entry]``.
 3. **check** inspects an entry point without running its code: is its module on the
@@ -17,8 +18,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.machinery
-import importlib.metadata as md
 import importlib.util
+import os
 import re
 import sys
 from collections.abc import Iterable, Iterator
@@ -28,10 +29,21 @@ from typing import Any
 from kit.errors import KitError, PluginLoadError, PluginNotFoundError
 
 __all__ = [
+    "AUTOLOAD_ENV",
     "GROUPS",
     "EntryPointSpec",
     "Registry",
+    "autoload_enabled",
 ]
+
+AUTOLOAD_ENV = "KIT_DISABLE_PLUGIN_AUTOLOAD"
+"""Set to ``1`` to stop ``kit.plugins`` entry points from loading unless selected."""
+
+
+def autoload_enabled() -> bool:
+    """Whether ``kit.plugins`` entry points load in every run (``AUTOLOAD_ENV`` unset or ``0``)."""
+    return os.environ.get(AUTOLOAD_ENV, "") in ("", "0")
+
 
 GROUPS: tuple[str, ...] = (
     "kit.states",
@@ -94,14 +106,18 @@ class EntryPointSpec:
 
     # -- step 3: check --------------------------------------------------------------
 
-    def problems(self) -> list[str]:
-        """What is visibly wrong with this entry point, found without importing it."""
+    def problems(self, registry: Registry | None = None) -> list[str]:
+        """What is visibly wrong with this entry point, found without importing it.
+
+        ``registry`` knows what is installed; without one, ``sys.path`` is scanned.
+        """
         if _VALUE.match(self.value) is None:
             return [f"malformed entry point {self.value!r}"]
         found: list[str] = []
         if not _module_exists(self.module):
             found.append(f"module {self.module!r} not found")
-        missing = [dist for dist in self.requires if not _installed(dist)]
+        installed = registry or Registry(())
+        missing = [dist for dist in self.requires if not installed.installed(dist)]
         if missing:
             extras = ",".join(self.extras)
             found.append(
@@ -133,13 +149,91 @@ def _module_exists(dotted: str) -> bool:
     return True
 
 
-def _installed(dist: str) -> bool:
-    """Is a distribution called ``dist`` installed? A name lookup: no metadata is read."""
+def _normal(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503): ``Kit_Trainer`` -> ``kit-trainer``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+_DIST_FOLDER = re.compile(r"^(?P<name>[^-]+)(?:-(?P<version>[^-]+?))?(?:-py[\w.]+)?\.(?:dist|egg)-info$",
+                          re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class _Distribution:
+    name: str
+    version: str
+    folder: str
+
+
+def _distributions() -> dict[str, _Distribution]:
+    """Every distribution on ``sys.path`` by normalised name; the first copy wins, as for import.
+
+    Read from the names of ``*.dist-info`` / ``*.egg-info`` folders alone: one ``listdir`` per
+    path entry, no file opened. This is what ``importlib.metadata`` finds, without importing
+    it (and the ``email`` parser it brings), which would be most of ``kit --help``'s time.
+    """
+    found: dict[str, _Distribution] = {}
+    for entry in sys.path:
+        try:
+            names = sorted(os.listdir(entry or "."))
+        except OSError:  # a zip file, a missing folder
+            continue
+        for name in names:
+            match = _DIST_FOLDER.match(name)
+            if match is None or _normal(match["name"]) in found:
+                continue
+            folder = os.path.join(entry or ".", name)
+            version = match["version"] or next(iter(_headers(folder, "Version")), "")
+            found[_normal(match["name"])] = _Distribution(match["name"].replace("_", "-"), version, folder)
+    return found
+
+
+def _read(folder: str, filename: str) -> str:
     try:
-        md.distribution(dist)
-    except md.PackageNotFoundError:
-        return False
-    return True
+        with open(os.path.join(folder, filename), encoding="utf-8") as fh:
+            return fh.read()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _headers(folder: str, field_name: str) -> list[str]:
+    """Every ``field_name`` header of the folder's core metadata (``METADATA`` or ``PKG-INFO``)."""
+    text = _read(folder, "METADATA") or _read(folder, "PKG-INFO")
+    values = []
+    for line in text.split("\n\n", 1)[0].splitlines():  # the headers end at the first blank line
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() == field_name.lower():
+            values.append(value.strip())
+    return values
+
+
+def _entry_points(folder: str) -> Iterator[tuple[str, str, str]]:
+    """(group, name, value) from the folder's ``entry_points.txt`` (an INI file)."""
+    group = None
+    for raw in _read(folder, "entry_points.txt").splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line[0] == "[" and line[-1] == "]":
+            group = line[1:-1].strip()
+        elif group is not None:
+            name, sep, value = line.partition("=")
+            if sep:
+                yield group, name.strip(), value.strip()
+
+
+def _requirements(folder: str) -> list[str]:
+    """``Requires-Dist`` lines, or an egg's ``requires.txt`` sections turned into them."""
+    if folder.lower().endswith(".dist-info"):
+        return _headers(folder, "Requires-Dist")
+    lines, extra = [], ""
+    for raw in _read(folder, "requires.txt").splitlines():
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            extra = line[1:-1].split(":", 1)[0]
+        elif line:
+            lines.append(f"{line}; extra == '{extra}'" if extra else line)
+    return lines
 
 
 def _required_by(extras: tuple[str, ...], requirements: Iterable[str]) -> tuple[str, ...]:
@@ -155,40 +249,31 @@ def _required_by(extras: tuple[str, ...], requirements: Iterable[str]) -> tuple[
 # -- step 1: discover -----------------------------------------------------------------
 
 
-def _from_metadata(groups: Iterable[str]) -> Iterator[EntryPointSpec]:
-    """Every entry point in ``groups``, from one walk of the installed distributions.
+def _from_metadata(groups: Iterable[str]) -> tuple[list[EntryPointSpec], frozenset[str]]:
+    """Every entry point in ``groups``, and the normalised names of every installed distribution.
 
-    ``entry_points()`` reads each distribution's ``entry_points.txt`` only, and skips a
-    package shadowed by an earlier copy on ``sys.path`` (as import does).
+    One scan of ``sys.path``; each distribution's ``entry_points.txt`` is read once, and its
+    ``Requires-Dist`` only when one of its kit entry points declares extras.
     """
-    everything = md.entry_points()
-    packages: dict[md.Distribution | None, tuple[str, str, list[str]]] = {}
-    for group in dict.fromkeys(groups):
-        for ep in everything.select(group=group):
-            if ep.dist not in packages:
-                packages[ep.dist] = _about(ep.dist)
-            package, version, requirements = packages[ep.dist]
-            match = _VALUE.match(ep.value)
+    wanted = set(groups)
+    specs = []
+    installed = _distributions()
+    for dist in installed.values():
+        requirements: list[str] | None = None
+        for group, name, value in _entry_points(dist.folder):
+            if group not in wanted:
+                continue
+            match = _VALUE.match(value)
             extras = tuple(
                 e.strip() for e in (match.group("extras") or "").split(",") if e.strip()
             ) if match else ()
-            yield EntryPointSpec(
-                group=ep.group,
-                name=ep.name,
-                package=package,
-                value=ep.value,
-                version=version,
-                extras=extras,
-                requires=_required_by(extras, requirements) if extras else (),
-            )
-
-
-def _about(dist: md.Distribution | None) -> tuple[str, str, list[str]]:
-    """Name, version and ``Requires-Dist`` of ``dist``: one parse of its ``METADATA``."""
-    if dist is None:
-        return "?", "", []
-    meta = dist.metadata
-    return meta["Name"] or "?", meta["Version"] or "", meta.get_all("Requires-Dist") or []
+            if extras and requirements is None:
+                requirements = _requirements(dist.folder)
+            specs.append(EntryPointSpec(
+                group=group, name=name, package=dist.name, value=value, version=dist.version,
+                extras=extras, requires=_required_by(extras, requirements or ()) if extras else (),
+            ))
+    return specs, frozenset(installed)
 
 
 class Registry:
@@ -198,16 +283,23 @@ class Registry:
     reads the installed distributions' metadata.
     """
 
-    def __init__(self, specs: Iterable[EntryPointSpec]) -> None:
+    def __init__(self, specs: Iterable[EntryPointSpec], installed: Iterable[str] | None = None) -> None:
         self.specs: tuple[EntryPointSpec, ...] = tuple(sorted(set(specs)))
+        self._installed = frozenset(installed) if installed is not None else None
         self._groups: dict[str, list[EntryPointSpec]] = {}
         for spec in self.specs:
             self._groups.setdefault(spec.group, []).append(spec)
 
     @classmethod
     def from_environment(cls, groups: Iterable[str] = GROUPS) -> Registry:
-        """Read the installed packages' entry points: costly, so build one and keep it."""
-        return cls(_from_metadata(groups))
+        """Read the installed packages' entry points (one scan of ``sys.path``)."""
+        specs, installed = _from_metadata(groups)
+        return cls(specs, installed)
+
+    def installed(self, distribution: str) -> bool:
+        """Whether a distribution of that name is installed (known since discovery, else looked up)."""
+        names = self._installed if self._installed is not None else frozenset(_distributions())
+        return _normal(distribution) in names
 
     def group(self, group: str) -> list[EntryPointSpec]:
         return list(self._groups.get(group, ()))

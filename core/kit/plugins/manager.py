@@ -7,7 +7,6 @@ kit's hooks cheaply: ``pm = kit.get_plugin_manager(MyPlugin())``.
 from __future__ import annotations
 
 import difflib
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import pluggy
 from kit import hookspecs
 from kit.errors import ConfigError, KitError, PluginLoadError, validation_message
 from kit.markers import PROJECT
-from kit.plugins.discovery import Registry
+from kit.plugins.discovery import AUTOLOAD_ENV, Registry, autoload_enabled
 from kit.plugins.isolation import Isolated
 from kit.report import say, warn
 
@@ -30,8 +29,6 @@ __all__ = [
     "instantiate",
 ]
 
-AUTOLOAD_ENV = "KIT_DISABLE_PLUGIN_AUTOLOAD"
-"""Set to ``1`` to stop ``kit.plugins`` entry points from loading unless selected."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +140,7 @@ def get_plugin_manager(
     for plugin in plugins:
         pm.register(plugin)
     if autoload is None:
-        autoload = os.environ.get(AUTOLOAD_ENV, "") in ("", "0")
+        autoload = autoload_enabled()
     choices = list(choices)
     if autoload or choices or blocked:
         registry = registry if registry is not None else Registry.from_environment()
