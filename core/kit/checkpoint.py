@@ -6,11 +6,12 @@ a staging folder next to the final one; kit fsyncs and hashes every file (both a
 once: fsync waits on the disk, sha256 on the CPU), fsyncs the folder, renames it into
 place, fsyncs the parent, and writes the manifest (names, sizes, sha256, progress,
 monitored metric) last. A folder without a manifest was never committed. One whose
-manifest is malformed (:mod:`kit.manifest`), whose files are not exactly the listed
-regular files with their sizes and sha256s, whose format is not installed, or whose
-content is not a kit checkpoint is corrupt. Either is skipped with one warning line and
-the previous valid checkpoint is used. Nothing is ever unpickled beyond what
-``torch.load(weights_only=True)`` accepts.
+manifest is malformed or disagrees with its folder's name (:mod:`kit.manifest`), whose
+files are not exactly the listed regular files with their sizes and sha256s, whose format
+is not installed, or whose content is not a kit checkpoint (:func:`check_kit_checkpoint`)
+is corrupt. Either is skipped with one warning line and the previous valid checkpoint is
+used. Nothing is ever unpickled beyond what ``torch.load(weights_only=True)`` accepts, and
+a torch zip that would expand beyond its size on disk is refused before torch reads it.
 """
 
 from __future__ import annotations
@@ -20,22 +21,36 @@ import errno
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from kit._version import __version__
+from kit.checkpoint_content import check_kit_checkpoint
 from kit.errors import CheckpointError, ConfigError, PluginLoadError, PluginNotFoundError, disk_full
 from kit.interfaces import CheckpointFormat
-from kit.manifest import MANIFEST, Manifest, check_files, is_committed, read_manifest, show_name
+from kit.manifest import (
+    MANIFEST,
+    Manifest,
+    checked_manifest,
+    committed_checkpoints,
+    read_manifest,
+    reason,
+    show_name,
+    sound_manifests,
+    step_folders,
+    step_order,
+)
 from kit.report import warn
 from kit.rundir import fsync_dir, write_json
 from kit.runlock import pid_alive
+from kit.torchfile import TRUST_DOCS, TorchFormat, load_torch_file
 
 __all__ = [
     "MANIFEST",
@@ -50,108 +65,14 @@ __all__ = [
     "committed_checkpoints",
     "load_torch_file",
     "read_manifest",
+    "sound_manifests",
 ]
 
-TRUST_DOCS = "docs/concepts.md#trusting-a-checkpoint"
-_NAME = re.compile(r"^step-(\d+)(?:-(\d+))?$")
-_STAGING = re.compile(r"^\.staging-.*-(\d+)$")
-_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_STAGING = re.compile(r"\.staging-.*-([0-9]+)", re.DOTALL)
 _CHUNK = 8 << 20
 
 Check = Callable[[Any, Path], object]
 """What a loaded checkpoint must satisfy, e.g. :func:`check_kit_checkpoint`; raises CheckpointError."""
-
-
-def _printable(text: str) -> str:
-    """``text`` safe to put in a one-line message, whatever a file made it contain."""
-    return "".join(c if c.isprintable() else "?" for c in text.strip())
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return _printable(lines[0]) if lines else type(exc).__name__
-
-
-def _refusal(path: Path, exc: BaseException) -> CheckpointError:
-    """torch's weights-only refusal, without its advice to load with ``weights_only=False``."""
-    found = _GLOBAL.search(str(exc))
-    lines = [line for line in str(exc).splitlines()[1:] if line.strip()]
-    detail = next((line for line in lines if "weights_only" not in line and "torch.load" not in line), "")
-    hint = f"if you TRUST its source, convert it to plain data as {TRUST_DOCS} shows"
-    if found:
-        return CheckpointError(f"cannot load checkpoint {path}: it holds pickled objects that are not plain "
-                               f"data ({found.group(1)}), which may be unsafe: loading them could run code",
-                               hint=hint)
-    return CheckpointError(f"cannot load checkpoint {path}: it is corrupt, or holds pickled data that is not "
-                           f"plain ({_printable(detail) or 'refused by weights-only loading'})", hint=hint)
-
-
-def load_torch_file(path: Path, *, map_location: Any = "cpu") -> Any:
-    """``torch.load`` with ``weights_only=True``; any refusal or corruption is a CheckpointError."""
-    import torch  # here: reading manifests (``kit runs list``) must not import torch
-
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # unpickling refusals and corrupt files alike
-        if str(exc).startswith("Weights only load failed"):
-            raise _refusal(path, exc) from exc
-        raise CheckpointError(f"cannot load checkpoint {path}: {_first_line(exc)}",
-                              hint="it is corrupt or not a torch file") from exc
-
-
-class TorchFormat(CheckpointFormat):
-    """One ``checkpoint.pt`` of tensors and plain data; loaded with ``weights_only=True``."""
-
-    name: ClassVar[str] = "torch"
-    filename: ClassVar[str] = "checkpoint.pt"
-
-    def save(self, checkpoint: dict[str, Any], folder: Path) -> None:
-        import torch
-
-        with (folder / self.filename).open("wb") as fh:  # a Python file: a full disk raises ENOSPC
-            torch.save(checkpoint, fh)
-
-    def load(self, folder: Path, *, map_location: Any = "cpu") -> dict[str, Any]:
-        data = load_torch_file(folder / self.filename, map_location=map_location)
-        if not isinstance(data, dict):
-            raise CheckpointError(f"checkpoint {folder} holds a {type(data).__name__}, not a kit checkpoint")
-        return data
-
-
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def check_kit_checkpoint(data: Any, folder: Path) -> dict[str, Any]:
-    """``data`` if it has the shape of :meth:`kit.Trainer.state_dict`, else CheckpointError.
-
-    A checkpoint can verify against its manifest and still not be kit's (a forged one,
-    another program's): resuming from it must fall back like from a corrupt one, not fail
-    halfway through restoring. Whether it fits *this* model is the trainer's check.
-    """
-    import torch
-
-    def refuse(what: str) -> CheckpointError:
-        return CheckpointError(f"checkpoint {folder} is not a kit checkpoint: {what}")
-
-    if not isinstance(data, dict):
-        raise refuse(f"it holds a {type(data).__name__}, not a dict")
-    model, progress = data.get("model"), data.get("progress")
-    if not isinstance(model, dict) or not all(
-        isinstance(k, str) and (isinstance(v, torch.Tensor) or k.endswith("_extra_state"))
-        for k, v in model.items()
-    ):
-        raise refuse("'model' is not a dict of tensors")
-    if not isinstance(progress, dict):
-        raise refuse("it has no 'progress'")
-    bad = [k for k in ("iteration", "global_step", "epoch") if not _whole(progress.get(k))]
-    bad += [k for k in ("epoch_batches",) if k in progress and not _whole(progress[k])]
-    if bad:
-        raise refuse(f"progress[{bad[0]!r}] is not a whole number")
-    for key in ("optimizer", "rng"):
-        if not isinstance(data.get(key), dict):
-            raise refuse(f"{key!r} is not a dict")
-    return data
 
 
 @dataclass(frozen=True)
@@ -166,7 +87,7 @@ class Retention:
 
 def checkpoint_folder(path: Path) -> Path:
     """Accept a checkpoint folder or any file inside it (``…/checkpoint.pt``)."""
-    return path.parent if path.is_file() else path
+    return path.parent if os.path.isfile(path) else path
 
 
 def _sha256(path: Path) -> str:
@@ -174,7 +95,7 @@ def _sha256(path: Path) -> str:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(fd, "rb", buffering=0) as fh:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CheckpointError(f"{path} is not a regular file")
+            raise CheckpointError(f"{show_name(path)} is not a regular file")
         digest = hashlib.sha256()
         buffer = bytearray(_CHUNK)
         view = memoryview(buffer)
@@ -219,14 +140,40 @@ def _seal(folder: Path, fmt: CheckpointFormat) -> dict[str, dict[str, Any]]:
                 for name, f in hashed.items()}
 
 
+def _unwritable(folder: Path, exc: OSError) -> CheckpointError:
+    """A folder kit cannot write a checkpoint in (permissions, a read-only or odd path), named."""
+    return CheckpointError(f"cannot write a checkpoint in {show_name(folder)}: {reason(exc)}",
+                           hint="make it a writable folder, or choose another")
+
+
+def _clear(path: Path) -> None:
+    """Remove ``path`` whatever it is (a folder is removed whole; a symlink, never followed)."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def commit(final: Path, fmt: CheckpointFormat, checkpoint: dict[str, Any], meta: dict[str, Any]) -> Path:
     """Write ``checkpoint`` through ``fmt`` as the folder ``final``, crash-safe, manifest last.
 
     ``meta`` goes into the manifest beside ``format``, ``kit_version``, ``created`` and
-    ``files``. ``final`` must not exist yet.
+    ``files``. ``final`` must not exist yet. The staging folder's name is new for every
+    attempt (a random token and the pid), so a crashed writer's leftover, even one of a
+    process that had the same pid (PID 1 in every container), never blocks a save. A
+    folder that cannot be written (permissions, a read-only file system, a name too long)
+    is a CheckpointError; a full disk stays an ``OSError``.
     """
-    staging = final.with_name(f".staging-{final.name}-{os.getpid()}")
-    staging.mkdir()
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", final.name)[:64]
+    staging = final.with_name(f".staging-{stem}-{secrets.token_hex(4)}-{os.getpid()}")
+    try:
+        if os.path.lexists(staging):
+            _clear(staging)
+        staging.mkdir()
+    except OSError as exc:
+        if disk_full(exc) is not None:
+            raise
+        raise _unwritable(final.parent, exc) from None
     try:
         fmt.save(checkpoint, staging)
         files = _seal(staging, fmt)
@@ -237,6 +184,8 @@ def commit(final: Path, fmt: CheckpointFormat, checkpoint: dict[str, Any], meta:
         shutil.rmtree(staging, ignore_errors=True)
         if full:  # a format whose writer hides the OSError (C++, Rust) on a disk now full
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(staging)) from exc
+        if isinstance(exc, OSError) and exc.filename == str(staging) and disk_full(exc) is None:
+            raise CheckpointError(f"cannot commit checkpoint {show_name(final)}: {reason(exc)}") from None
         raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -262,44 +211,13 @@ def _remove(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _dead_writer(pid: int) -> bool:
-    """Whether the staging folder of ``pid`` is a dead writer's leftover (not ours, not alive)."""
+def _leftover(pid: int) -> bool:
+    """Whether a staging folder of ``pid`` is a leftover: its writer is dead, or is this process,
+    whose own commit is finished (only the run lock's holder writes a run's checkpoints)."""
     try:
-        return pid != os.getpid() and not pid_alive(pid)
+        return pid <= 0 or pid == os.getpid() or not pid_alive(pid)
     except (OverflowError, ValueError):  # not a pid at all
         return True
-
-
-def _order(path: Path) -> tuple[int, int]:
-    match = _NAME.match(path.name)
-    assert match is not None
-    return int(match.group(1)), int(match.group(2) or 0)
-
-
-def _step_folders(folder: Path) -> list[Path]:
-    """Real folders named ``step-…`` (never a symlink to one), oldest first."""
-    try:
-        with os.scandir(folder) as entries:
-            found = [Path(e.path) for e in entries if _NAME.match(e.name) and e.is_dir(follow_symlinks=False)]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return sorted(found, key=_order)
-
-
-def committed_checkpoints(folder: Path) -> list[Path]:
-    """The committed checkpoint folders (a manifest exists) under ``folder``, oldest first."""
-    return [p for p in _step_folders(folder) if is_committed(p)]
-
-
-def _sound_manifest(folder: Path) -> Manifest | None:
-    """The folder's manifest if it is well-formed and the folder holds exactly its files at their
-    sizes (one ``scandir``, no hashing); ``None`` for an uncommitted or visibly corrupt one."""
-    try:
-        manifest = read_manifest(folder)
-        check_files(folder, manifest)
-    except CheckpointError:
-        return None
-    return manifest
 
 
 def _ranked(manifests: Mapping[Path, Manifest], monitor: Mapping[str, Any] | None = None) -> list[Path]:
@@ -312,7 +230,7 @@ def _ranked(manifests: Mapping[Path, Manifest], monitor: Mapping[str, Any] | Non
         by = monitor or manifest["monitor"] or {}
         value = manifest["metrics"].get(str(by.get("name")))
         if value is not None and value == value:  # NaN never ranks
-            scored.append((-value if by.get("mode") == "max" else value, _order(folder), folder))
+            scored.append((-value if by.get("mode") == "max" else value, step_order(folder), folder))
     return [folder for *_, folder in sorted(scored)]
 
 
@@ -352,21 +270,23 @@ class CheckpointStore:
         try:
             return self.format_named(name)
         except CheckpointError as exc:
-            raise CheckpointError(f"checkpoint {folder}: {exc.message}", hint=exc.hint) from None
+            raise CheckpointError(f"checkpoint {show_name(folder)}: {exc.message}", hint=exc.hint) from None
         except PluginLoadError:
             raise
         except (PluginNotFoundError, ConfigError) as exc:
-            raise CheckpointError(f"checkpoint {folder} names the checkpoint format {name!r}, "
+            raise CheckpointError(f"checkpoint {show_name(folder)} names the checkpoint format {name!r:.80}, "
                                   "which is not installed here", hint=exc.hint) from None
 
     # -- reading ----------------------------------------------------------------------
 
     def folders(self) -> list[Path]:
-        """Every checkpoint folder, committed or not, oldest first."""
-        return _step_folders(self.folder)
+        """Every checkpoint folder, committed or not, oldest first by name (``step-`` and ASCII
+        digits only); a store folder that cannot be listed is a CheckpointError naming it."""
+        return step_folders(self.folder)
 
     def list(self) -> list[Path]:
-        """Committed checkpoints (a manifest exists), oldest first; not yet verified."""
+        """Committed checkpoints (a manifest exists), oldest first; not yet verified. Empty
+        when nothing ever committed: whether there is anything that :meth:`valid` refused."""
         return committed_checkpoints(self.folder)
 
     @staticmethod
@@ -375,16 +295,15 @@ class CheckpointStore:
             try:
                 matches = _sha256(folder / name) == entry["sha256"]
             except OSError as exc:
-                raise CheckpointError(f"checkpoint {folder}: cannot read {show_name(name)}: "
-                                      f"{exc.strerror or exc}") from None
+                raise CheckpointError(f"checkpoint {show_name(folder)}: cannot read {show_name(name)}: "
+                                      f"{reason(exc)}") from None
             if not matches:
-                raise CheckpointError(f"checkpoint {folder}: {show_name(name)} does not match its sha256 "
-                                      "(corrupted)")
+                raise CheckpointError(f"checkpoint {show_name(folder)}: {show_name(name)} does not match "
+                                      "its sha256 (corrupted)")
 
     def verify(self, folder: Path) -> Manifest:
-        """Check the folder against its manifest, file set, sizes and hashes; returns the manifest."""
-        manifest = read_manifest(folder)
-        check_files(folder, manifest)
+        """Check the folder against its manifest, name, file set, sizes and hashes; returns the manifest."""
+        manifest = checked_manifest(folder)
         self._check_hashes(folder, manifest)
         return manifest
 
@@ -399,14 +318,15 @@ class CheckpointStore:
         except ImportError as exc:
             raise PluginLoadError(f"checkpoint format {fmt.name!r}", exc) from exc
         except Exception as exc:
-            raise CheckpointError(f"checkpoint {folder} cannot be loaded as {fmt.name!r}: "
-                                  f"{type(exc).__name__}: {_first_line(exc)}") from exc
+            raise CheckpointError(f"checkpoint {show_name(folder)} cannot be loaded as {fmt.name!r}: "
+                                  f"{type(exc).__name__}: {reason(exc)}") from exc
 
     def load(self, folder: Path, *, map_location: Any = "cpu", verify: bool = True,
              check: Check | None = None) -> dict[str, Any]:
         """Load a committed checkpoint, verified against its manifest, then ``check``-ed.
 
-        The file set and sizes are checked first (one ``scandir``, always); hashing then runs
+        The manifest must agree with the folder's name, and the file set and sizes are checked
+        first (one ``scandir``, always); hashing then runs
         beside the format's load (neither executes code from the file; ``verify=False`` skips
         it), and the result is only returned once every sha256 matched, so corruption is
         reported as corruption.
@@ -414,7 +334,7 @@ class CheckpointStore:
         folder = checkpoint_folder(folder)
         manifest = read_manifest(folder)
         fmt = self._format_of(folder, manifest)
-        check_files(folder, manifest)
+        manifest = checked_manifest(folder)
         if not verify:
             data = self._read(fmt, folder, map_location)
         else:
@@ -430,16 +350,27 @@ class CheckpointStore:
             check(data, folder)
         return data
 
-    def latest(self, *, map_location: Any = "cpu",
-               check: Check | None = check_kit_checkpoint) -> tuple[Path, dict[str, Any]] | None:
-        """The newest checkpoint that verifies, loads and passes ``check`` (by default: it is a
-        kit checkpoint to resume from); broken newer ones are reported, one line each, and skipped."""
+    def valid(self, *, map_location: Any = "cpu",
+              check: Check | None = check_kit_checkpoint) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """Every checkpoint that verifies, loads and passes ``check`` (by default: it is a kit
+        checkpoint to resume from), newest first, loaded one at a time as it is asked for.
+
+        Each one skipped is reported in one warning line. A caller that finds a checkpoint
+        unusable after all (it verifies, but does not fit the model) simply asks for the next.
+        A folder that cannot be listed is a CheckpointError (see :meth:`list`).
+        """
         for folder in reversed(self.folders()):
             try:
-                return folder, self.load(folder, map_location=map_location, check=check)
+                data = self.load(folder, map_location=map_location, check=check)
             except CheckpointError as exc:
-                warn(f"skipping {exc}")
-        return None
+                warn(f"skipping {show_name(str(exc))}")  # a format's own message may hold anything
+                continue
+            yield folder, data
+
+    def latest(self, *, map_location: Any = "cpu",
+               check: Check | None = check_kit_checkpoint) -> tuple[Path, dict[str, Any]] | None:
+        """The newest of :meth:`valid`, or ``None`` when no checkpoint is usable."""
+        return next(iter(self.valid(map_location=map_location, check=check)), None)
 
     def best(self) -> Path | None:
         """The committed checkpoint with the best monitored value its manifest recorded; a malformed
@@ -448,14 +379,13 @@ class CheckpointStore:
         return ranked[0] if ranked else None
 
     def _manifests(self) -> dict[Path, Manifest]:
-        """The sound manifests by folder, oldest first (file sets and sizes checked, not sha256s)."""
-        found = {folder: _sound_manifest(folder) for folder in self.list()}
-        return {folder: manifest for folder, manifest in found.items() if manifest is not None}
+        """The sound manifests by folder, oldest first (names, file sets and sizes checked, not sha256s)."""
+        return sound_manifests(self.folder)
 
     # -- writing ----------------------------------------------------------------------
 
     def _free_name(self, step: int) -> str:
-        taken = {p.name for p in self.folder.iterdir()}
+        taken = set(os.listdir(self.folder))
         name, n = f"step-{step:08d}", 0
         while name in taken:
             n += 1
@@ -470,10 +400,20 @@ class CheckpointStore:
         progress: Mapping[str, Any] | None = None,
         metrics: Mapping[str, float] | None = None,
     ) -> Path:
-        """Commit ``checkpoint`` as the newest one, then apply retention."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Commit ``checkpoint`` as the newest one, then apply retention.
+
+        A folder that cannot hold it (permissions, a read-only file system) is a
+        CheckpointError naming the folder; a full disk stays an ``OSError``.
+        """
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            name = self._free_name(step)
+        except OSError as exc:
+            if disk_full(exc) is not None:
+                raise
+            raise _unwritable(self.folder, exc) from None
         monitor = self.retention.monitor
-        final = commit(self.folder / self._free_name(step), self.format, checkpoint, {
+        final = commit(self.folder / name, self.format, checkpoint, {
             "step": step,
             "progress": dict(progress or {}),
             "metrics": dict(metrics or {}),
@@ -484,7 +424,10 @@ class CheckpointStore:
 
     def _prune(self, newest: Path) -> None:
         """Keep the newest ``keep_last`` and best ``keep_best`` sound checkpoints (see ``_manifests``);
-        clear older uncommitted or visibly corrupt ones and the leftovers of dead writers."""
+        clear older uncommitted, misnamed or visibly corrupt ones, and staging leftovers.
+
+        Older means by name or, for a misnamed one, by the step its manifest claims.
+        """
         manifests = self._manifests()
         valid = list(manifests)
         keep = set(valid[-self.retention.keep_last:] if self.retention.keep_last > 0 else ())
@@ -493,9 +436,18 @@ class CheckpointStore:
             monitor = {"name": self.retention.monitor, "mode": self.retention.mode}
             keep |= set(_ranked(manifests, monitor)[: self.retention.keep_best])
         for folder in self.folders():
-            if folder not in keep and (folder in manifests or _order(folder) < _order(newest)):
+            if folder not in keep and (folder in manifests or min(step_order(folder), _claimed(folder))
+                                       < step_order(newest)):
                 _remove(folder)
-        for path in self.folder.iterdir():
-            match = _STAGING.match(path.name)
-            if match and _dead_writer(int(match.group(1))):
-                shutil.rmtree(path, ignore_errors=True)
+        for name in os.listdir(self.folder):
+            match = _STAGING.fullmatch(name)
+            if match and _leftover(int(match.group(1))):
+                _clear(self.folder / name)
+
+
+def _claimed(folder: Path) -> tuple[int, int]:
+    """The order a folder's manifest claims for it (its name's, when it has no readable manifest)."""
+    try:
+        return read_manifest(folder)["step"], step_order(folder)[1]
+    except CheckpointError:
+        return step_order(folder)

@@ -54,11 +54,36 @@ def _lookup(name: str, namespace: Any, *, key: str, base_dir: Path | None, kind:
     return found
 
 
+def _builtin_losses() -> Any:
+    """torch's loss functions and classes by lower-case name: ``cross_entropy``, ``mseloss``, …"""
+    import types
+
+    functional = torch.nn.functional
+    names = [n for n in dir(functional) if n.endswith("_loss")]
+    names += ["cross_entropy", "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div"]
+    table = {n: getattr(functional, n) for n in names if hasattr(functional, n)}
+    table |= {n.lower(): getattr(torch.nn, n) for n in torch.nn.modules.loss.__all__ if hasattr(torch.nn, n)}
+    return types.SimpleNamespace(__name__="torch.nn.functional and torch.nn's losses", **table)
+
+
 def resolve_loss(task: TaskConfig, base_dir: Path | None) -> LossFn:
-    fn = _lookup(task.loss, torch.nn.functional, key="task.loss", base_dir=base_dir, kind="loss")
+    fn = _lookup(task.loss, _builtin_losses(), key="task.loss", base_dir=base_dir, kind="loss")
     if isinstance(fn, type) and issubclass(fn, torch.nn.Module):
         fn = fn()
     return fn  # type: ignore[no-any-return]
+
+
+def _build_builtin(cls: Any, name: str, kwargs: Mapping[str, Any], *, key: str, **given: Any) -> Any:
+    """Call one of torch's own classes; values it rejects are the config's fault (one line),
+    while a user's own target (``pkg.mod:Class``) keeps its traceback."""
+    if ":" in name:
+        return call_factory(cls, kwargs, key=key, **given)
+    try:
+        return call_factory(cls, kwargs, key=key, **given)
+    except (TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"torch's {cls.__name__} rejected these options: {first}", key=f"{key}.kwargs",
+                          hint="fix the values") from None
 
 
 def resolve_metrics(task: TaskConfig, base_dir: Path | None) -> list[type[Metric]]:
@@ -80,7 +105,8 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     cls = _lookup(cfg.name, torch.optim, key="optimizer.name", base_dir=base_dir, kind="optimizer")
     kwargs = {"lr": cfg.lr, **cfg.kwargs}
-    return call_factory(cls, kwargs, key="optimizer", params=model.parameters())  # type: ignore[no-any-return]
+    return _build_builtin(cls, cfg.name, kwargs, key="optimizer",  # type: ignore[no-any-return]
+                          params=model.parameters())
 
 
 def build_scheduler(
@@ -90,4 +116,4 @@ def build_scheduler(
         return None
     cls = _lookup(cfg.name, torch.optim.lr_scheduler, key="scheduler.name",
                   base_dir=base_dir, kind="scheduler")
-    return call_factory(cls, cfg.kwargs, key="scheduler", optimizer=optimizer)
+    return _build_builtin(cls, cfg.name, cfg.kwargs, key="scheduler", optimizer=optimizer)

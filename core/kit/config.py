@@ -110,7 +110,7 @@ class TrainingConfig(_Model):
     save_frequency: int = Field(1, ge=1, description="checkpoint every N iterations (and at the end)")
     inference_batch_size: int | None = Field(None, ge=1, le=MAX_BATCH,
                                              description="default: data.batch_size")
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1, le=1_000_000)
     clip_grad_norm: float | None = Field(None, gt=0)
     precision: Precision = Field("32", description="32, bf16 (autocast), 16 (autocast + scaler, CUDA)")
     compile: bool = False
@@ -240,9 +240,7 @@ def _read(path: Path) -> dict[str, Any]:
                 import tomli as tomllib
             data: Any = tomllib.loads(text)
         else:
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = _yaml_load(text)
     except Exception as exc:  # yaml and toml raise their own trees
         mark = getattr(exc, "problem_mark", None)
         detail = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
@@ -256,18 +254,47 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def _check_size(data: Any, source: Path) -> None:
-    """Refuse configs that reference themselves or expand past :data:`MAX_VALUES` values.
+def _yaml_load(text: str) -> Any:
+    """``yaml.safe_load``, refusing a key given twice in one mapping (YAML keeps the last
+    silently: a second ``training:`` block would drop the first)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:  # the keys written here; `<<` merges may be overridden
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_node.value!r}", key_node.start_mark)
+                seen.add(key_node.value)
+        loader.flatten_mapping(node)
+        return dict(loader.construct_pairs(node, deep=True))
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=Loader)  # a SafeLoader: plain data only
+
+
+
+
+def _check_size(data: Any, source: Path | str) -> None:
+    """Refuse configs that reference themselves, expand past :data:`MAX_VALUES` values, or
+    hold values that are not plain data.
 
     YAML aliases share one object between places, so a few lines can stand for billions
     of values (a "billion laughs"); validating or printing them would never end. Sizes
     are counted once per shared object, so this costs one pass over the file's values.
+    Values must be what a config can save and compare: no bytes (``!!binary``), sets or
+    strings that are not valid text (lone surrogates); dates are allowed.
     """
     sizes: dict[int, int] = {}
     open_: set[int] = set()
 
     def size(node: Any) -> int:
         if not isinstance(node, dict | list):
+            _check_plain(node, source)
             return 1
         key = id(node)
         if key in sizes:
@@ -294,14 +321,30 @@ def _check_size(data: Any, source: Path) -> None:
         raise ConfigError(f"{source} is nested too deeply", hint="flatten it") from None
 
 
+def _check_plain(value: Any, source: Path | str) -> None:
+    import datetime
+
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{source} holds a string that is not valid text ({value[:20]!r})",
+                              hint="remove the lone surrogate escape") from None
+    elif not isinstance(value, str | int | float | bool | None | datetime.date):
+        raise ConfigError(f"{source} holds a {type(value).__name__}, which a config cannot hold",
+                          hint="use strings, numbers, booleans, lists and mappings") from None
+
+
 def _parse_value(raw: str) -> Any:
     """``--set`` values are YAML scalars: ``3`` is an int, ``true`` a bool, ``[a, b]`` a list."""
     import yaml
 
     try:
-        return yaml.safe_load(raw)
+        value = _yaml_load(raw)
     except yaml.YAMLError:
         return raw
+    _check_size(value, f"--set {raw[:40]!r}")
+    return value
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

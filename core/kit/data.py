@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from kit.config import DataConfig
 from kit.errors import ConfigError
 
-__all__ = ["Data", "EpochSampler", "build_loaders"]
+__all__ = ["Data", "EpochSampler", "build_loaders", "shutdown_workers"]
 
 
 @dataclass
@@ -55,6 +55,42 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return max(0, self.size - self.start)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """In a loader's worker process: leave stop signals to the main process.
+
+    A whole process group is signalled at once (``scancel``, systemd, Ctrl-C), and a worker
+    that died of it would fail the run before the main process could save its checkpoint.
+    SIGINT and SIGUSR1 are ignored; the first SIGTERM too, but not a second: the main
+    process's shutdown of a worker that does not stop in time is a SIGTERM, and so is a
+    second signal to abort at once.
+    """
+    import signal
+
+    for name in ("SIGINT", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+    def first_sigterm(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, first_sigterm)
+
+
+def shutdown_workers(loaders: Iterable[Any]) -> None:
+    """Stop the worker processes a loader keeps between passes (``persistent_workers``).
+
+    Done when a run ends, rather than left to interpreter exit, where multiprocessing
+    would terminate them with the SIGTERM they ignore once. torch has no public call for
+    this; Lightning stops them the same way.
+    """
+    for loader in loaders:
+        iterator = getattr(loader, "_iterator", None)
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+            loader._iterator = None
 
 
 def _as_data(value: Any) -> Data:
@@ -100,6 +136,7 @@ def build_loaders(
             sampler = EpochSampler(len(obj), seed=seed, shuffle=train and config.shuffle)  # type: ignore[arg-type]
         return DataLoader(
             obj,
+            worker_init_fn=_ignore_stop_signals if config.num_workers else None,
             batch_size=config.batch_size if train else (inference_batch_size or config.batch_size),
             sampler=sampler,
             num_workers=config.num_workers,

@@ -102,16 +102,19 @@ class DiskFullError(KitError):
 
     exit_code: ClassVar[int] = 1
 
-    def __init__(self, path: object, *, last_checkpoint: object = None, in_run: bool = False) -> None:
+    def __init__(self, path: object, *, last_checkpoint: object = None, training: bool | None = None) -> None:
+        """``training``: the failure hit a training run (which can be resumed), an evaluation
+        (``False``), or happened outside any run (``None``)."""
         self.path = path
         self.last_checkpoint = last_checkpoint
         last = ""
         if last_checkpoint is not None:
             last = f"; the last good checkpoint is {last_checkpoint}"
-        elif in_run:  # the run knows it saved none
+        elif training:  # the run knows it saved none
             last = "; no checkpoint was written yet"
-        super().__init__(f"no space left on device while writing {path}{last}",
-                         hint="free some space, then resume with --mode continue")
+        hint = "free some space, then resume with --mode continue" if training else \
+            "free some space and run it again"
+        super().__init__(f"no space left on device while writing {path}{last}", hint=hint)
 
 
 DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})

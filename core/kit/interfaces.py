@@ -56,14 +56,20 @@ class State(ABC):
         """Do the work; results go to ``trainer.results``."""
 
     def run(self) -> dict[str, Any]:
+        from kit.paths import check_run_dir  # pydantic: only once a run starts
+
         trainer = self.trainer
         with trainer.stop_signals():  # from the start: a signal during start-up stops cleanly too
             trainer.build()
             trainer.run_dir = self.open_run_dir()
-            with RunLock(trainer.run_dir) if self.locks else contextlib.nullcontext():
-                self.restore()
-                with trainer.session(mode=self.name, summary=self.summary):
-                    self.execute()
+            check_run_dir(trainer.run_dir)  # no planted link may redirect the run's own writes
+            try:
+                with RunLock(trainer.run_dir) if self.locks else contextlib.nullcontext():
+                    self.restore()
+                    with trainer.session(mode=self.name, summary=self.summary):
+                        self.execute()
+            finally:
+                trainer.teardown()
         return trainer.results
 
 

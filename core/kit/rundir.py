@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +13,19 @@ from typing import Any
 
 from kit.errors import ConfigError, disk_full
 
-__all__ = ["atomic_write", "create_run_dir", "fsync_dir", "read_json", "write_json", "write_text"]
+__all__ = [
+    "MAX_READ",
+    "atomic_write",
+    "create_run_dir",
+    "fsync_dir",
+    "read_json",
+    "read_regular",
+    "write_json",
+    "write_text",
+]
+
+MAX_READ = 16 << 20
+"""The largest file kit reads whole from a run directory (a summary, a manifest, a config)."""
 
 
 def fsync_dir(folder: Path) -> None:
@@ -37,6 +51,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:  # a failed write names no file: say which one (a full disk, say)
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -61,8 +80,29 @@ def write_json(path: Path, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def read_regular(path: Path, *, limit: int = MAX_READ) -> bytes:
+    """The bytes of ``path``, one of kit's own files: a regular file of at most ``limit`` bytes.
+
+    Anything else is an ``OSError`` rather than a hang or an exhausted memory: the last
+    component is never followed if it is a symlink, and the open never blocks, so a FIFO,
+    a device or a 3 GB sparse file put where kit expects its file is refused at once.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        data = fh.read(limit + 1) if info.st_size <= limit else b""
+    if info.st_size > limit or len(data) > limit:  # the second: it grew while being read
+        raise OSError(errno.EFBIG, f"larger than {limit >> 20} MiB", str(path))
+    return data
+
+
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
+    """The JSON in ``path``, read by :func:`read_regular`; ``OSError``, ``ValueError`` (not UTF-8,
+    not JSON) or ``RecursionError`` (nested too deep) when it cannot be."""
+    return json.loads(read_regular(path).decode("utf-8"))
 
 
 def create_run_dir(runs_dir: Path, experiment: str) -> Path:

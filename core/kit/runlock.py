@@ -26,6 +26,13 @@ names another host, the run is refused with a hint to delete the file if that ru
 ended, and :func:`lock_held` reports it held. Deleting a lock that a live run holds by
 hand voids every guarantee. Without ``fcntl`` (Windows) the lock falls back to an
 ``O_EXCL`` file that is never reclaimed automatically; the refusal says to delete it.
+
+Whoever can write to the run directory could plant ``run.lock`` as a link to someone
+else's file, so the lock never follows one: it is opened with ``O_NOFOLLOW`` (a symbolic
+link is refused), and a file with other hard links, or one that is not a plain file, is
+refused before anything is truncated or written. Readers open it the same way and read
+at most a few KiB. What the file says (host, pid, start time) is shown escaped and cut
+short, so a crafted value cannot split or flood the one-line refusal.
 """
 
 from __future__ import annotations
@@ -55,10 +62,14 @@ __all__ = ["LOCK_NAME", "RunLock", "lock_held", "lock_holder", "pid_alive"]
 LOCK_NAME = "run.lock"
 _PATIENCE = 0.5
 """Seconds a busy lock is retried before the run is refused."""
-_MAX = 65536
-"""Bytes of ``run.lock`` read: its JSON is far smaller."""
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-"""Opening or reading a FIFO planted as ``run.lock`` must fail, never hang."""
+_MAX = 4096
+"""Bytes of ``run.lock`` read: its JSON is far smaller, and a device planted there is read no further."""
+_SHOWN = 64
+"""Characters of a value from the file shown in a message."""
+_FLAGS = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+"""Opening a FIFO planted as ``run.lock`` must fail, never hang; a link is never followed."""
+_NOT_PLAIN = "it is not a plain file: remove it if no run is using it"
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def _pause(step: str) -> None:
@@ -81,9 +92,26 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _parse(raw: bytes) -> dict[str, Any]:
+def _shown(value: object) -> str:
+    """``value`` from the lock file as one short printable line: it is not to be trusted."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    cut = text[:_SHOWN]
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in cut)
+    return shown + ("..." if len(text) > _SHOWN else "")
+
+
+def _linked(fd: int) -> bool:
+    """Whether the open file is a plain file with other names: someone's file planted by a hard link."""
+    info = os.fstat(fd)
+    return stat.S_ISREG(info.st_mode) and info.st_nlink > 1
+
+
+def _read_info(fd: int) -> dict[str, Any]:
+    """What the open lock file says, ``{}`` unless a JSON object; a linked file is never read."""
+    if _linked(fd):
+        return {}
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(os.read(fd, _MAX).decode("utf-8"))
     except ValueError:  # truncated, garbled or not UTF-8
         return {}
     return data if isinstance(data, dict) else {}
@@ -92,13 +120,13 @@ def _parse(raw: bytes) -> dict[str, Any]:
 def lock_holder(run_dir: Path) -> dict[str, Any] | None:
     """The lock's content, ``{}`` while empty or unreadable, ``None`` when there is no lock."""
     try:
-        fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY | _NONBLOCK)
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY | _FLAGS)
     except FileNotFoundError:
         return None
-    except OSError:
+    except OSError:  # a link, a folder, no permission
         return {}
     try:
-        return _parse(os.read(fd, _MAX))
+        return _read_info(fd)
     except OSError:
         return {}
     finally:
@@ -116,13 +144,17 @@ def lock_held(run_dir: Path) -> bool | None:
 
     Takes a shared flock for an instant and creates nothing. A lock written on another
     host counts as held (this machine cannot check it). Raises ``OSError`` when
-    ``run.lock`` cannot be opened or read (a folder, no permission): it then says nothing.
+    ``run.lock`` cannot be opened or read (a link, a folder, no permission): it then says
+    nothing, and never takes a flock on a file planted by a hard link.
     """
+    path = run_dir / LOCK_NAME
     try:
-        fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY | _NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | _FLAGS)
     except FileNotFoundError:
         return None
     try:
+        if _linked(fd):
+            raise OSError(errno.EMLINK, "a hard link, never read", str(path))
         if fcntl is None:
             return True  # an O_EXCL lock file exists
         try:
@@ -131,18 +163,51 @@ def lock_held(run_dir: Path) -> bool | None:
             return True
         _pause("probe")
         fcntl.flock(fd, fcntl.LOCK_UN)
-        return _foreign(_parse(os.read(fd, _MAX)))
+        return _foreign(_read_info(fd))
     finally:
         os.close(fd)
 
 
 def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` itself (not what a link there points to) is the file open as ``fd``."""
     try:
-        now = os.stat(path)
+        now = os.lstat(path)
     except FileNotFoundError:
         return False
     mine = os.fstat(fd)
     return (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
+
+
+def _cannot(path: Path, why: str, hint: str) -> RunLockedError:
+    return RunLockedError(f"cannot use {path} as a lock: {why}", hint=hint)
+
+
+def _check_plain(fd: int, path: Path) -> None:
+    """Refuse what was opened at ``path`` unless writing to it harms nothing else: a plain
+    file with no other name (a hard link planted there would make the lock overwrite the
+    linked file). Called before anything is truncated or written."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device named run.lock
+        raise _cannot(path, "not a regular file", _NOT_PLAIN)
+    if info.st_nlink > 1:
+        raise _cannot(path, f"it is a hard link ({info.st_nlink} names for one file)",
+                      hint="remove it, which leaves the linked file alone; kit never writes to a linked file")
+
+
+def _unusable(path: Path, error: OSError) -> RunLockedError:
+    """The refusal for an ``open`` (or ``flock``) of ``path`` that failed, with the fix for its cause."""
+    try:
+        mode: int | None = os.lstat(path).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and stat.S_ISLNK(mode):  # O_NOFOLLOW refused it (ELOOP)
+        return _cannot(path, "it is a symbolic link", hint="remove the link; kit never writes through one")
+    why = error.strerror or str(error)
+    if error.errno in _DENIED:
+        return _cannot(path, why, hint="check that you can write to the run directory")
+    if mode is not None and not stat.S_ISREG(mode):  # a folder
+        return _cannot(path, why, hint=_NOT_PLAIN)
+    return _cannot(path, why, hint=f"check the run directory {path.parent}")
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -165,17 +230,16 @@ class RunLock:
             return
         try:
             fd = self._wait_for_lock()
-        except OSError as exc:  # a folder or a FIFO named run.lock: not a lock anyone can take
+        except OSError as exc:  # a link, a folder, no permission: not a lock anyone can take
             if disk_full(exc) is not None:
                 raise
-            raise RunLockedError(f"cannot use {self.path} as a lock: {exc.strerror or exc}",
-                                 hint="it is not a plain file: remove it if no run is using it") from None
+            raise _unusable(self.path, exc) from None
         try:
             _pause("read")
-            previous = _parse(os.read(fd, _MAX))
+            previous = _read_info(fd)
             if _foreign(previous):  # flock may not reach that host: never take it over
                 raise RunLockedError(
-                    f"{self.path} was written by pid {previous['pid']} on host {previous['host']}, "
+                    f"{self.path} was written by pid {previous['pid']} on host {_shown(previous['host'])}, "
                     "which this machine cannot check",
                     hint=f"if that run has ended, delete {self.path}",
                 )
@@ -194,7 +258,7 @@ class RunLock:
         self.held = True
         if isinstance(previous.get("pid"), int):
             warn(f"reclaimed a stale lock on {self.path.parent} (pid {previous['pid']} "
-                 f"on {previous.get('host', '?')} no longer holds it; it crashed or was killed)")
+                 f"on {_shown(previous.get('host', '?'))} no longer holds it; it crashed or was killed)")
 
     def _wait_for_lock(self) -> int:
         """An fd holding the flock on the file at ``run.lock``, retried for ``_PATIENCE`` seconds."""
@@ -211,10 +275,9 @@ class RunLock:
         """An fd holding the flock on the file now at ``run.lock``, or ``None`` while it is busy."""
         assert fcntl is not None
         _pause("open")
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NONBLOCK, 0o644)  # not inherited across exec
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _FLAGS, 0o644)  # not inherited across exec
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device named run.lock
-                raise OSError(errno.EINVAL, "not a regular file", str(self.path))
+            _check_plain(fd, self.path)
             _pause("flock")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             _pause("stat")
@@ -241,8 +304,8 @@ class RunLock:
 
     def _busy(self) -> RunLockedError:
         holder = lock_holder(self.path.parent) or {}
-        who = (f"pid {holder['pid']} on {holder.get('host', '?')} since {holder.get('started', '?')}"
-               if "pid" in holder else "another process")
+        who = (f"pid {_shown(holder['pid'])} on {_shown(holder.get('host', '?'))} "
+               f"since {_shown(holder.get('started', '?'))}" if "pid" in holder else "another process")
         return RunLockedError(f"run directory {self.path.parent} is in use by {who}",
                               hint="wait for that run to end, or stop it")
 

@@ -8,38 +8,66 @@ is read as untrusted: a field of the wrong type is shown as unknown.
 
 from __future__ import annotations
 
+import math
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from kit.checkpoint import committed_checkpoints
 from kit.errors import CheckpointError, ConfigError
-from kit.manifest import read_manifest
-from kit.rundir import read_json
+from kit.manifest import reason, show_name, sound_manifests
+from kit.report import warn
+from kit.rundir import read_json, read_regular
 from kit.runlock import lock_held
 
 __all__ = ["RunInfo", "find_run", "latest_run", "list_runs", "run_info"]
 
-_ID = re.compile(r"^(.*?)(?:-(\d+))?$")
+_ID = re.compile(r"(.*?)(?:-([0-9]{1,9}))?", re.DOTALL)
 
 
 def _order(path: Path) -> tuple[str, int]:
-    match = _ID.match(path.name)
+    match = _ID.fullmatch(path.name)
     assert match is not None
     return match.group(1), int(match.group(2) or 0)
 
 
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    """The entries of ``folder``; one warning line, and none, when it cannot be read."""
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        warn(f"skipping {show_name(folder)}: cannot read it: {reason(exc)}")
+        return []
+
+
+def _is_run(entry: os.DirEntry[str]) -> bool:
+    """A folder holding a ``config.yaml``; one that cannot be looked into is skipped with one warning."""
+    try:
+        return entry.is_dir() and stat.S_ISREG(os.stat(os.path.join(entry.path, "config.yaml")).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        warn(f"skipping {show_name(entry.path)}: cannot read it: {reason(exc)}")
+        return False
+
+
 def list_runs(runs_dir: Path, experiment: str | None = None) -> list[Path]:
-    """Run directories, oldest first (ids are start times, ``-N`` for a same-second clash)."""
+    """Run directories, oldest first (ids are start times, ``-N`` for a same-second clash).
+
+    A folder that cannot be read (permissions) is left out with one warning line naming it.
+    """
     experiments = [runs_dir / experiment] if experiment else sorted(
-        p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
+        Path(e.path) for e in _entries(runs_dir) if e.is_dir())
     found = []
     for folder in experiments:
-        if folder.is_dir():
-            found += sorted((p for p in folder.iterdir() if (p / "config.yaml").is_file()), key=_order)
+        found += sorted((Path(e.path) for e in _entries(folder) if _is_run(e)), key=_order)
     return found
 
 
@@ -58,7 +86,7 @@ def find_run(runs_dir: Path, experiment: str, requested: Path | None, *, mode: s
     run = latest_run(runs_dir, experiment)
     if run is None:
         raise ConfigError(
-            f"no run of experiment {experiment!r} under {runs_dir} to {mode}",
+            f"no run of experiment {experiment!r} under {show_name(runs_dir)} to {mode}",
             key="--mode", hint="start one with --mode new, or pass --run-dir",
         )
     return run
@@ -75,23 +103,32 @@ class RunInfo:
 
 
 def _whole(value: Any) -> int | None:
-    """``value`` if it is a whole number >= 0, else ``None`` (unknown): files are not trusted."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    """``value`` if it is a whole number from 0 to 2**63-1, else ``None`` (unknown): files are not trusted."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63 else None
 
 
 def _best(value: Any) -> dict[str, Any] | None:
-    """A best-metric record ``{"name", "value", "step", …}`` if it has that shape, else ``None``."""
+    """``{"name", "value", "step"}`` (and ``"mode"``) if ``value`` has that shape and a finite
+    number that formats (not a 401-digit integer, not NaN), else ``None``."""
     if not isinstance(value, dict):
         return None
-    number = value.get("value")
-    if not (isinstance(value.get("name"), str) and _whole(value.get("step")) is not None
-            and isinstance(number, int | float) and not isinstance(number, bool)):
+    name, number, step = value.get("name"), value.get("value"), _whole(value.get("step"))
+    if not isinstance(name, str) or step is None or not isinstance(number, int | float) \
+            or isinstance(number, bool):
         return None
-    return value
+    try:
+        number = float(number)
+    except OverflowError:
+        return None
+    if not math.isfinite(number):
+        return None
+    mode = value.get("mode")
+    return {"name": name, "value": number, "step": step, **({"mode": mode} if mode in ("min", "max") else {})}
 
 
 def _read_dict(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; ``{}`` when it is missing, unreadable or not an object."""
+    """A JSON object from ``path``; ``{}`` when it is missing, unreadable, not a regular file of a
+    sane size (a FIFO, a 3 GB file: see :func:`kit.rundir.read_regular`) or not an object."""
     try:
         data = read_json(path)
     except (OSError, ValueError, RecursionError):
@@ -99,19 +136,23 @@ def _read_dict(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _newest_progress(run_dir: Path) -> dict[str, Any]:
-    """The ``progress`` of the newest checkpoint whose manifest is well-formed (``{}`` if none)."""
-    for folder in reversed(committed_checkpoints(run_dir / "checkpoints")):
-        try:
-            return read_manifest(folder)["progress"]
-        except CheckpointError:
-            continue
-    return {}
+def _newest_checkpoint(run_dir: Path) -> tuple[int | None, dict[str, Any]]:
+    """The step and ``progress`` of the newest sound checkpoint (``None, {}`` if none); a
+    ``checkpoints/`` that cannot be read is skipped with one warning line."""
+    try:
+        manifests = sound_manifests(run_dir / "checkpoints")
+    except CheckpointError as exc:
+        warn(f"{exc.message}; showing what its summary.json says")
+        return None, {}
+    if not manifests:
+        return None, {}
+    manifest = manifests[next(reversed(manifests))]
+    return manifest["step"], manifest["progress"]
 
 
 def _configured_iterations(run_dir: Path) -> int | None:
     try:
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        saved = yaml.safe_load(read_regular(run_dir / "config.yaml").decode("utf-8"))
     except (OSError, ValueError, yaml.YAMLError, RecursionError):  # ValueError: not UTF-8
         return None
     training = saved.get("training") if isinstance(saved, dict) else None
@@ -131,17 +172,37 @@ def _status(run_dir: Path, summary: dict[str, Any]) -> str:
     return status if isinstance(status, str) and status.isidentifier() else "crashed"
 
 
+def _outdated(summary: dict[str, Any], step: int | None, progress: dict[str, Any]) -> bool:
+    """Whether ``summary.json`` is an earlier attempt's: the run was continued past it since."""
+    ended, done = _whole(summary.get("global_step")), _whole(summary.get("iteration"))
+    iteration = _whole(progress.get("iteration"))
+    return (ended is not None and step is not None and ended < step) or \
+        (done is not None and iteration is not None and done < iteration)
+
+
 def run_info(run_dir: Path) -> RunInfo:
     """A run's status, progress and best metric from its files alone; a field of the wrong
-    type in any of them counts as unknown, never as an error."""
+    type in any of them counts as unknown, never as an error.
+
+    ``summary.json`` describes the attempt that wrote it. While a run is running, or when it
+    was continued past its summary and then died, the current attempt is described by the
+    newest checkpoint and by ``config.yaml`` (which ``continue`` rewrites with the new
+    ``training.iterations``). An iteration beyond the iterations shown makes them unknown.
+    """
     summary = _read_dict(run_dir / "summary.json")
     status = _status(run_dir, summary)
-    progress = _newest_progress(run_dir)
-    iteration = _whole(summary.get("iteration")) if status != "running" else None
-    if iteration is None:
+    step, progress = _newest_checkpoint(run_dir)
+    if status != "running" and not _outdated(summary, step, progress):
+        iteration = _whole(summary.get("iteration"))
+        iteration = _whole(progress.get("iteration")) if iteration is None else iteration
+        iterations = _whole(summary.get("iterations"))
+        iterations = _configured_iterations(run_dir) if iterations is None else iterations
+        best = summary["best"] if "best" in summary else progress.get("best")
+    else:
         iteration = _whole(progress.get("iteration"))
-    iterations = _whole(summary.get("iterations"))
-    if iterations is None:
         iterations = _configured_iterations(run_dir)
-    best = progress.get("best") if status == "running" or "best" not in summary else summary["best"]
+        iterations = _whole(summary.get("iterations")) if iterations is None else iterations
+        best = progress.get("best")
+    if iteration is not None and iterations is not None and iteration > iterations:
+        iterations = None  # the files disagree: say unknown rather than 242/3
     return RunInfo(run_dir, status, iteration, iterations, _best(best))

@@ -15,20 +15,44 @@ from typing import Any, ClassVar
 import yaml
 from pydantic import ValidationError
 
+from kit._version import __version__
 from kit.checkpoint import check_kit_checkpoint, checkpoint_folder
 from kit.config import KitConfig
 from kit.configdiff import Change, check_changes, diff_configs
 from kit.errors import CheckpointError, ConfigError
 from kit.interfaces import State
-from kit.report import say
+from kit.report import say, warn
 from kit.rundir import create_run_dir, write_json, write_text
 from kit.runs import find_run, latest_run, run_info
 
 __all__ = ["AutoResume", "ContinueTraining", "EvaluateOnly", "TrainNew", "format_results"]
 
 
+RUN_CONFIG_HEADER = "# kit run:"
+"""The first line kit writes into a run's ``config.yaml``: what tells a run from a project folder."""
+
+
 def _save_config(run_dir: Path, config: dict[str, Any]) -> None:
-    write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    header = (f"{RUN_CONFIG_HEADER} the resolved config this run started with (kit {__version__}); "
+              "kit reads it back to resume\n")
+    write_text(run_dir / "config.yaml", header + yaml.safe_dump(config, sort_keys=False))
+
+
+def _check_is_run(run_dir: Path) -> Path:
+    """``run_dir`` if it is a kit run: kit wrote its ``config.yaml`` (or, for runs older than that
+    header, it has a summary or checkpoints). A project folder that merely holds a
+    ``config.yaml`` is refused, so kit never writes its run files there."""
+    try:
+        with (run_dir / "config.yaml").open(encoding="utf-8", errors="replace") as fh:
+            first = fh.readline(200)
+    except OSError:
+        first = ""
+    if first.startswith(RUN_CONFIG_HEADER) or (run_dir / "summary.json").is_file() \
+            or (run_dir / "checkpoints").is_dir():
+        return run_dir
+    raise ConfigError(f"{run_dir} does not look like a kit run: kit did not write its config.yaml, and it "
+                      "has no summary or checkpoints", key="--run-dir",
+                      hint="pass a run folder, runs/<experiment>/<run-id> (`kit runs list` shows them)")
 
 
 def _saved_config(run_dir: Path) -> dict[str, Any]:
@@ -88,7 +112,8 @@ class ContinueTraining(TrainNew):
     def open_run_dir(self) -> Path:
         trainer = self.trainer
         cfg = trainer.config
-        return find_run(cfg.runs_dir, cfg.experiment, trainer.requested_run_dir, mode="continue")
+        return _check_is_run(find_run(cfg.runs_dir, cfg.experiment, trainer.requested_run_dir,
+                                      mode="continue"))
 
     def restore(self) -> None:
         trainer = self.trainer
@@ -98,19 +123,26 @@ class ContinueTraining(TrainNew):
         new = trainer.config.resolved()
         changes = diff_configs(saved, new)
         check_changes(changes, allow=trainer.allow_config_change)
-        found = store.latest()
-        if found is None:  # stopped before its first checkpoint: start over, in place
+        for folder, checkpoint in store.valid():  # newest first; one that does not fit is skipped
+            try:
+                trainer.load_state_dict(checkpoint)
+            except CheckpointError as exc:
+                warn(f"skipping {folder.name}: {exc}")
+                continue
             if changes:
-                self._accept_changes(run_dir, changes, None, new)
-            say(f"{run_dir} has no checkpoint yet: starting it from the beginning")
+                self._accept_changes(run_dir, changes, folder.name, new)
+            trainer.last_checkpoint = folder
+            say(f"continuing {run_dir} from {folder.name} "
+                f"(iteration {trainer.iteration}, step {trainer.global_step})")
             return
-        folder, checkpoint = found
+        if store.list():  # committed checkpoints, none usable: restarting would throw them away
+            raise CheckpointError(
+                f"run {run_dir} has checkpoints, but none can be resumed from (each is named above); "
+                "nothing was changed", hint="restore one, or start a new run with --mode new")
+        # stopped before its first checkpoint committed: start over, in place
         if changes:
-            self._accept_changes(run_dir, changes, folder.name, new)
-        trainer.load_state_dict(checkpoint)
-        trainer.last_checkpoint = folder
-        say(f"continuing {run_dir} from {folder.name} "
-            f"(iteration {trainer.iteration}, step {trainer.global_step})")
+            self._accept_changes(run_dir, changes, None, new)
+        say(f"{run_dir} has no checkpoint yet: starting it from the beginning")
 
     @staticmethod
     def _accept_changes(run_dir: Path, changes: list[Change], checkpoint: str | None,
@@ -166,7 +198,8 @@ class EvaluateOnly(State):
     """Validate and test a checkpoint (``--checkpoint best|last|PATH``); never trains or saves.
 
     Results are printed as a table and written to ``evaluate-<checkpoint>.json`` in the
-    run directory (a new one when PATH lies outside any run).
+    run directory (for a PATH outside any run, in a new folder under
+    ``runs/<experiment>/evaluations/``, which ``continue`` and ``auto`` never pick up).
     """
 
     name: ClassVar[str] = "evaluate"
@@ -175,6 +208,7 @@ class EvaluateOnly(State):
     summary: ClassVar[str | None] = None  # the run's summary.json belongs to its training
 
     folder: Path | None = None
+    checkpoint: dict[str, Any] | None = None
 
     def open_run_dir(self) -> Path:
         trainer = self.trainer
@@ -188,32 +222,43 @@ class EvaluateOnly(State):
             self.folder = checkpoint_folder(path)
             run_dir = self.folder.parent.parent
             if self.folder.parent.name == "checkpoints" and (run_dir / "config.yaml").is_file():
-                return run_dir
-            run_dir = create_run_dir(cfg.runs_dir, cfg.experiment)
+                return _check_is_run(run_dir)
+            # Outside any run: verified before anything is written, and evaluated in
+            # runs/<experiment>/evaluations/, where no continue or auto takes it for a run.
+            self.checkpoint = trainer.read_checkpoint(self.folder)
+            run_dir = create_run_dir(cfg.runs_dir, f"{cfg.experiment}/evaluations")
             _save_config(run_dir, cfg.resolved())
             return run_dir
-        return find_run(cfg.runs_dir, cfg.experiment, trainer.requested_run_dir, mode="evaluate")
+        run_dir = find_run(cfg.runs_dir, cfg.experiment, trainer.requested_run_dir, mode="evaluate")
+        return _check_is_run(run_dir) if trainer.requested_run_dir is not None else run_dir
 
     def restore(self) -> None:
         trainer = self.trainer
         store = trainer.checkpoints
         assert store is not None
         requested = trainer.requested_checkpoint
-        if self.folder is None:
-            best = store.best() if requested in (None, "best") else None
+        checkpoint = self.checkpoint
+        if self.folder is None and requested in (None, "best"):
+            best = store.best()
             if requested == "best" and best is None:
                 raise CheckpointError(
                     f"run {trainer.run_dir} has no best checkpoint (no monitored metric was recorded)",
                     hint="set checkpoint.monitor when training, or use --checkpoint last")
             if best is not None:
-                self.folder, checkpoint = best, store.load(best, check=check_kit_checkpoint)
-            else:
-                found = store.latest()
-                if found is None:
-                    raise CheckpointError(f"run {trainer.run_dir} has no valid checkpoint",
-                                          hint="train it first, or pass --checkpoint PATH")
-                self.folder, checkpoint = found
-        else:
+                try:
+                    self.folder, checkpoint = best, store.load(best, check=check_kit_checkpoint)
+                except CheckpointError as exc:
+                    if requested == "best":
+                        raise
+                    warn(f"skipping the best checkpoint: {exc}")  # by default, the last one will do
+                    self.folder = None
+        if self.folder is None:
+            found = store.latest()
+            if found is None:
+                raise CheckpointError(f"run {trainer.run_dir} has no valid checkpoint",
+                                      hint="train it first, or pass --checkpoint PATH")
+            self.folder, checkpoint = found
+        elif checkpoint is None:
             checkpoint = store.load(self.folder, check=check_kit_checkpoint)
         trainer.load_state_dict(checkpoint, resume=False)
 

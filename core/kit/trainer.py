@@ -23,8 +23,8 @@ from kit._version import __version__
 from kit.checkpoint import CheckpointStore, Retention, check_kit_checkpoint
 from kit.config import KitConfig
 from kit.configdiff import flatten
-from kit.data import build_loaders
-from kit.errors import ConfigError, DiskFullError, KitError, RunInterrupted, disk_full
+from kit.data import build_loaders, shutdown_workers
+from kit.errors import CheckpointError, ConfigError, DiskFullError, KitError, RunInterrupted, disk_full
 from kit.interfaces import Backend, CheckpointFormat, State
 from kit.metrics import Metric, MetricKind, MetricRecord, Split
 from kit.plugins import HookRelay, Isolated, PluginChoice, Registry, get_plugin_manager
@@ -276,7 +276,7 @@ class Trainer:
             full = disk_full(exc)
             if full is not None and (isinstance(exc, DiskFullError) or not isinstance(exc, KitError)):
                 path = exc.path if isinstance(exc, DiskFullError) else full.filename
-                raise DiskFullError(path or "a checkpoint or log file", in_run=True,
+                raise DiskFullError(path or "a checkpoint or log file", training=self.trains,
                                     last_checkpoint=self.last_checkpoint) from exc
             raise
         except BaseException:
@@ -293,9 +293,11 @@ class Trainer:
         except OSError as exc:
             if not failed:
                 if disk_full(exc) is not None:
-                    raise DiskFullError(summary, last_checkpoint=self.last_checkpoint, in_run=True) from exc
+                    raise DiskFullError(summary, last_checkpoint=self.last_checkpoint,
+                                        training=self.trains) from exc
                 raise
-            say(f"could not write {summary}: {exc.strerror or exc}")
+            if disk_full(exc) is None:  # a full disk is the run's error already: said once
+                say(f"could not write {summary}: {exc.strerror or exc}")
 
     @contextlib.contextmanager
     def stop_signals(self) -> Iterator[None]:
@@ -319,12 +321,19 @@ class Trainer:
             say(f"{signal.Signals(signum).name} received: finishing the current step and saving "
                 "a checkpoint (send it again to abort at once)")
 
-        previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+        # a signal the parent set to be ignored (a background job's SIGINT) stays ignored
+        previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS
+                    if signal.getsignal(s) is not signal.SIG_IGN}
         try:
             yield
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    def teardown(self) -> None:
+        """Release what the run holds outside this process: the loaders' worker processes."""
+        shutdown_workers(loader for loader in (self.train_loader, self.val_loader, self.test_loader)
+                         if loader is not None)
 
     def interrupt(self) -> None:
         """Called by the loops when ``stop_signal`` is set: save (when training), then stop."""
@@ -434,8 +443,9 @@ class Trainer:
                 set_rng_state(checkpoint["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise KitError(f"the checkpoint does not fit this model or run: {type(exc).__name__}: {first}",
-                           hint="check model.target and model.kwargs against the run's config.yaml") from exc
+            raise CheckpointError(
+                f"the checkpoint does not fit this model or run: {type(exc).__name__}: {first}",
+                hint="check model.target and model.kwargs against the run's config.yaml") from exc
         self._saved_at = (self.iteration, self.global_step, self.phase)
         self.hooks.call("kit_checkpoint_load", trainer=self, checkpoint=checkpoint)
 
@@ -532,8 +542,17 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r}", key="training.device",
                           hint="use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {name!r} is not one kit trains on", key="training.device",
+                          hint="use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("CUDA is not available here", key="training.device",
                           hint="use auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"there is no {name} here ({torch.cuda.device_count()} CUDA devices)",
+                          key="training.device", hint="use cuda or a smaller index")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                     and torch.backends.mps.is_available()):
+        raise ConfigError("MPS is not available here", key="training.device", hint="use auto or cpu")
     return device
 

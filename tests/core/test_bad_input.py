@@ -30,7 +30,8 @@ def _alias_bomb(levels: int = 9) -> str:
 @pytest.mark.parametrize(("content", "expected"), [
     (b"experiment: \xff\xfe\nmodel: {}\n", "is not UTF-8 text (byte 0xff at offset 12)"),
     (_alias_bomb().encode(), "expands to more than 100,000 values"),
-    (b"model: {target: 'a:b', kwargs: {x: &a [*a]}}\ndata: {target: 'a:b'}\n", "refers to itself"),
+    (b"model: {target: 'a:b', kwargs: {x: &a [*a]}}\ndata: {target: 'a:b'}\n",
+     "line 1: found unconstructable recursive node"),
     (b"- just\n- a list\n", "must hold a mapping at the top, not list"),
     (("x: " + "[" * 5000 + "]" * 5000 + "\n").encode(), "cannot parse"),
 ], ids=["not-utf8", "alias-bomb", "recursive-alias", "not-a-mapping", "too-deep"])
@@ -70,6 +71,36 @@ def test_values_out_of_range_are_one_line_and_write_nothing(
 ) -> None:
     one_error_line(kit("run", str(write_config()), "--set", override), expected)
     assert written(tmp_path) == []
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("model.kwargs.x=&a [*a]", "--set '&a [*a]' refers to itself"),
+    ("model.kwargs.x=!!binary /w==", "holds a bytes, which a config cannot hold"),
+    ('model.kwargs.x="\\ud800"', "holds a string that is not valid text"),
+    ("model.kwargs.x=!!set {a, b}", "holds a set, which a config cannot hold"),
+    ("training.device=meta", "training.device: device 'meta' is not one kit trains on"),
+    ("training.grad_accum=100000000000000000000000000", "training.grad_accum: Input should be less than"),
+    ("optimizer.kwargs={momentum: -5}", "optimizer.kwargs: torch's SGD rejected these options: "
+                                        "Invalid momentum value: -5"),
+    ("task.loss=relu", "task.loss: unknown loss 'relu'"),
+    ("loggers=[{jsonl: {filename: " + "x" * 300 + "}}]", "has a name longer than 255 bytes"),
+])
+def test_more_values_out_of_range_are_one_line(write_config: Any, tmp_path: Path, override: str,
+                                               expected: str) -> None:
+    one_error_line(kit("run", str(write_config()), "--set", override), expected)
+    assert written(tmp_path) == []
+
+
+def test_a_key_given_twice_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("training: {iterations: 3}\nmodel: {target: 'a:b'}\ndata: {target: 'a:b'}\n"
+                    "training: {seed: 1}\n")
+    one_error_line(kit("config", "show", str(path)), "line 4: duplicate key 'training'")
+    merged = tmp_path / "merged.yaml"  # a YAML merge key is not a duplicate: `<<` may be overridden
+    merged.write_text("base: &b {target: 'tiny_task:build_model'}\nmodel: {<<: *b, kwargs: {hidden: 4}}\n"
+                      "data: {target: 'tiny_task:build_data'}\n".replace("base:", "x-base:"))
+    result = kit("config", "show", str(merged))
+    assert result.exit_code == 2 and "x-base: unknown key" in result.stderr  # parsed, then validated
 
 
 def test_a_runs_dir_that_is_a_file_is_one_line(write_config: Any, tmp_path: Path) -> None:

@@ -68,9 +68,8 @@ def test_a_real_full_disk_mid_run_is_one_line_and_the_run_continues(
         assert json.loads(summary.read_text())["status"] == "failed"
 
     filler.unlink()
-    resumed = kit_process("run", str(path), "--mode", "continue", "--set", "checkpoint.keep_last=2",
-                          cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = kit("run", str(path), "--mode", "continue", "--set", "checkpoint.keep_last=2")
+    assert resumed.exit_code == 0, resumed.stderr
     assert f"from {last.name}" in resumed.stderr
     assert json.loads(summary.read_text())["status"] == "finished"
 
@@ -80,8 +79,7 @@ def test_a_full_disk_before_the_run_starts_is_one_line(small_disk: Path, write_c
                                                        tmp_path: Path) -> None:
     path = write_config(runs_dir=str(small_disk / "runs"))
     fill(small_disk, leave=0)
-    result = kit_process("run", str(path), cwd=tmp_path)
-    one_error_line(result, "no space left on device while writing ", code=1)
+    one_error_line(kit("run", str(path)), "no space left on device while writing ", code=1)
 
 
 # -- injected: every place kit writes ----------------------------------------------------

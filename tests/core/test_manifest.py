@@ -22,6 +22,7 @@ from kit.checkpoint import MANIFEST, CheckpointStore, Retention, TorchFormat, ch
 from kit.errors import CheckpointError, ConfigError, PluginLoadError, PluginNotFoundError
 from kit.manifest import parse_manifest, read_manifest
 from kit.plugins import EntryPointSpec, Registry
+from kit.seed import rng_state
 
 Forge = Callable[[Path, Path], None]
 """Damages the checkpoint folder (first argument); the second is a scratch folder outside the store."""
@@ -30,7 +31,7 @@ Forge = Callable[[Path, Path], None]
 def kit_state(step: int) -> dict[str, Any]:
     """The smallest dict that has the shape of a kit checkpoint."""
     return {"model": {"w": torch.full((3,), float(step))}, "optimizer": {"state": {}, "param_groups": []},
-            "progress": {"iteration": step, "global_step": step, "epoch": step}, "rng": {}}
+            "progress": {"iteration": step, "global_step": step, "epoch": step}, "rng": rng_state()}
 
 
 def sha256(path: Path) -> str:

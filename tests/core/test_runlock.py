@@ -6,8 +6,10 @@ import errno
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clitools import kit as kit_cli
+from clitools import one_error_line
 
 import kit
 from kit import runlock
@@ -165,19 +169,129 @@ for attempt in (lambda: lock_held(run), RunLock(run).acquire):
 """
 
 
+def strange(run_dir: Path, *prefix: str) -> list[str]:
+    """What STRANGE prints in a real process (run under ``prefix``, a command such as setpriv)."""
+    done = subprocess.run([*prefix, sys.executable, "-c", STRANGE, str(run_dir)], capture_output=True,
+                          text=True, timeout=30)  # a hang fails here instead of stalling the suite
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split("\n")
+
+
 @pytest.mark.parametrize(("kind", "held"), [("fifo", "False"), ("folder", "OSError")])
 def test_a_fifo_or_folder_named_run_lock_fails_and_never_hangs(tmp_path: Path, kind: str, held: str) -> None:
     if kind == "fifo":
         os.mkfifo(tmp_path / LOCK_NAME)
     else:
         (tmp_path / LOCK_NAME).mkdir()
-    done = subprocess.run([sys.executable, "-c", STRANGE, str(tmp_path)], capture_output=True, text=True,
-                          timeout=30)  # a hang fails here instead of stalling the suite
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.split("\n")
+    lines = strange(tmp_path)
     assert lines[:2] == ["{}", held]
     assert lines[2].startswith(f"cannot use {tmp_path / LOCK_NAME} as a lock: ")  # one clear refusal
     assert lines[2].endswith("(it is not a plain file: remove it if no run is using it)")
+
+
+VICTIM = json.dumps({"pid": 1, "host": "elsewhere", "started": "x"}).encode()
+"""Someone's file: were it read, the lock would name pid 1 on host elsewhere."""
+
+
+def plant_target(tmp_path: Path, target: str) -> Path:
+    """What a planted ``run.lock`` link points to."""
+    if target == "dev-zero":
+        return Path("/dev/zero")
+    victim = tmp_path / "victim"
+    if target == "fifo":
+        os.mkfifo(victim)
+    elif target == "file":
+        victim.write_bytes(VICTIM)
+    return victim
+
+
+@pytest.mark.parametrize("target", ["file", "dangling", "fifo", "dev-zero"])
+def test_a_planted_symbolic_link_is_refused_and_never_followed(tmp_path: Path, target: str) -> None:
+    run_dir, victim = tmp_path / "run", plant_target(tmp_path, target)
+    run_dir.mkdir()
+    (run_dir / LOCK_NAME).symlink_to(victim)
+    lines = strange(run_dir)  # under a timeout: a reader led into the FIFO or /dev/zero must not hang
+    lock = run_dir / LOCK_NAME
+    assert lines == ["{}", "OSError",  # neither reader follows it
+                     f"cannot use {lock} as a lock: it is a symbolic link "
+                     "(remove the link; kit never writes through one)", ""]
+    assert lock.is_symlink() and os.readlink(lock) == str(victim)
+    if target == "file":
+        assert victim.read_bytes() == VICTIM  # byte for byte
+    elif target == "dangling":
+        assert not victim.exists() and not victim.is_symlink()  # not created either
+    elif target == "fifo":
+        assert stat.S_ISFIFO(victim.lstat().st_mode)
+    lock.unlink()  # what the hint says
+    with RunLock(run_dir):
+        assert lock_holder(run_dir)["pid"] == os.getpid()  # type: ignore[index]
+
+
+@pytest.mark.parametrize("content", [VICTIM, b"precious\n"], ids=["json-record", "text"])
+def test_a_planted_hard_link_is_refused_before_anything_is_written(tmp_path: Path, content: bytes) -> None:
+    run_dir, victim = tmp_path / "run", tmp_path / "victim"
+    run_dir.mkdir()
+    victim.write_bytes(content)
+    lock = run_dir / LOCK_NAME
+    os.link(victim, lock)
+    assert strange(run_dir) == ["{}", "OSError",  # never read: the record in it is not reported
+                                f"cannot use {lock} as a lock: it is a hard link (2 names for one file) "
+                                "(remove it, which leaves the linked file alone; kit never writes to a "
+                                "linked file)", ""]
+    assert victim.read_bytes() == content and victim.stat().st_nlink == 2
+    lock.unlink()  # what the hint says
+    with RunLock(run_dir):
+        pass
+    assert victim.read_bytes() == content
+
+
+NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+          "--inh-caps=-all,+dac_read_search", "--ambient-caps=+dac_read_search"]
+"""Run as nobody, able to read any folder (pytest's tmp_path is root's own) but write to none."""
+
+
+@pytest.mark.parametrize("before", ["no-lock", "a-lock-of-root"])
+def test_a_run_directory_kit_cannot_write_to_gets_the_permissions_hint(tmp_path: Path, before: str) -> None:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run a process that cannot write here")
+    usable = subprocess.run([*NOBODY, sys.executable, "-c", "import kit.runlock"],
+                            capture_output=True, text=True)
+    if usable.returncode != 0:
+        pytest.skip(f"cannot run kit as nobody: {usable.stderr.strip()[-200:]}")
+    if before == "a-lock-of-root":
+        (tmp_path / LOCK_NAME).touch()  # root's 0644 file, readable by nobody
+    lock = tmp_path / LOCK_NAME
+    expected = "{}" if before == "a-lock-of-root" else "None"
+    assert strange(tmp_path, *NOBODY) == [
+        expected, "False" if before == "a-lock-of-root" else "None",
+        f"cannot use {lock} as a lock: Permission denied (check that you can write to the run directory)", ""]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([LOCK_NAME] if before == "a-lock-of-root" else [])
+
+
+def test_a_foreign_host_with_a_newline_is_refused_on_one_line(tmp_path: Path) -> None:
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 7, "host": "evil\nError: forged\u2028x"}))
+    with pytest.raises(RunLockedError) as err:
+        RunLock(tmp_path).acquire()
+    assert err.value.message == (f"{tmp_path / LOCK_NAME} was written by pid 7 on host "
+                                 "evil\\nError: forged\\u2028x, which this machine cannot check")
+    assert str(err.value).isprintable()
+
+
+def test_what_a_busy_lock_says_is_shown_on_one_short_line(tmp_path: Path) -> None:
+    child = hold(tmp_path)
+    try:
+        forged = {"pid": "1\n" + "9" * 500, "host": "h\x1b[2Jost", "started": ["x\ny"] * 100}
+        with open(tmp_path / LOCK_NAME, "r+b") as lock:  # the held file itself, rewritten in place
+            lock.truncate()
+            lock.write(json.dumps(forged).encode())
+        with pytest.raises(RunLockedError, match="is in use by") as err:
+            RunLock(tmp_path).acquire()
+    finally:
+        child.kill()
+        child.wait()
+    said = str(err.value)
+    assert said.isprintable() and len(said) < len(str(tmp_path)) + 300
+    assert r"pid 1\n9999" in said and r"on h\x1b[2Jost since [" in said and said.count("...") == 2
 
 
 def enospc(*_: Any) -> int:
@@ -373,4 +487,22 @@ def test_continue_on_a_run_another_process_is_writing_is_refused(kit_config: Any
     resumed = kit.Trainer(kit_config(training={"iterations": 3}), mode="continue", autoload=False)
     resumed.run()  # the killed holder's lock is stale now
     assert resumed.iteration == 3
+
+
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+def test_kit_run_continue_never_writes_through_a_planted_link(
+        write_config: Any, tmp_path: Path, link: str) -> None:
+    path = str(write_config())
+    assert kit_cli("run", path).exit_code == 0
+    (run_dir,) = (tmp_path / "runs" / "tiny").iterdir()
+    victim, lock = tmp_path / "victim", run_dir / LOCK_NAME
+    victim.write_bytes(b"precious\n")
+    if link == "symbolic":
+        lock.symlink_to(victim)
+    else:
+        os.link(victim, lock)
+    done = kit_cli("run", path, "--mode", "continue", "--run-dir", str(run_dir))
+    one_error_line(done, str(lock))
+    assert "link" in done.stderr
+    assert victim.read_bytes() == b"precious\n"
 

@@ -24,10 +24,11 @@ LONG = {"type": "step", "iterations": 100_000, "device": "cpu", "log_every_n_ste
         "eval_frequency": 1000, "save_frequency": 1000}
 
 
-def start(path: Path, *args: str, cwd: Path) -> subprocess.Popen[str]:
+def start(path: Path, *args: str, cwd: Path, group: bool = False) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{cwd}"}
     return subprocess.Popen([sys.executable, "-m", "kit", "run", str(path), *args], env=env, cwd=cwd,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=group)
 
 
 def wait_for(condition: Any, process: subprocess.Popen[str], timeout: float = 60) -> None:
@@ -161,18 +162,6 @@ def test_continue_restarts_a_run_that_has_no_checkpoint_in_place(
     assert {p.name: p.stat().st_mtime_ns for p in good.rglob("*")} == before  # the older run untouched
 
 
-def test_signal_exit_codes_match_the_signal(write_config: Any, tmp_path: Path) -> None:
-    path = write_config(training=LONG)
-    for signum in (signal.SIGINT, signal.SIGUSR1):
-        process = start(path, cwd=tmp_path)
-        wait_for(lambda: any((tmp_path / "runs" / "tiny").glob("*/run.lock")), process)
-        time.sleep(0.3)
-        process.send_signal(signum)
-        _, err = process.communicate(timeout=60)
-        assert process.returncode == 128 + signum, err
-        assert f"Interrupted by {signal.Signals(signum).name}; checkpoint saved at" in err
-
-
 def test_a_run_directory_from_an_attacker_is_refused_cleanly(write_config: Any, tmp_path: Path) -> None:
     path = write_config()
     assert kit("run", str(path)).exit_code == 0
@@ -180,3 +169,40 @@ def test_a_run_directory_from_an_attacker_is_refused_cleanly(write_config: Any, 
     (run_dir / "config.yaml").write_bytes(b"\xff\xfe")
     one_error_line(kit("run", str(path), "--mode", "continue"),
                    "--run-dir: cannot read the run's saved config")
+
+
+def test_sigterm_to_the_whole_process_group_with_loader_workers(
+    write_config: Any, make_config: Any, tmp_path: Path
+) -> None:
+    """scancel, systemd and Ctrl-C signal every process of the group, loader workers included."""
+    path = write_config(make_config(training=LONG, checkpoint={"every_n_steps": 5},
+                                    data={"target": "tiny_task:build_data", "batch_size": 8,
+                                          "num_workers": 2}))
+    process = start(path, cwd=tmp_path, group=True)
+    runs = tmp_path / "runs" / "tiny"
+    wait_for(lambda: any(runs.glob("*/checkpoints/step-*/manifest.json")), process)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert err.count("SIGTERM received") == 1 and "Interrupted by SIGTERM; checkpoint saved at" in err
+    (run_dir,) = runs.iterdir()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+
+
+class SigintAt:
+    @kitlib.hookimpl
+    def kit_step_end(self, trainer: kitlib.Trainer) -> None:
+        if trainer.global_step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_signal_the_parent_ignores_stays_ignored(kit_config: Any) -> None:
+    """A background job (`kit run … &` in a script) starts with SIGINT ignored; kit keeps it so."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        trainer = kitlib.Trainer(kit_config(), plugins=[SigintAt()], autoload=False)
+        trainer.run()
+        assert trainer.status == "finished" and trainer.stop_signal is None
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def env_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("venv")
-    venv.EnvBuilder(with_pip=True).create(root)
+    venv.EnvBuilder(with_pip=False).create(root)  # the parent's pip installs into it (--python)
     python = root / "bin" / "python"
     purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()
@@ -37,8 +37,8 @@ def env_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (Path(purelib) / "_parent_env.pth").write_text(
         "".join(f"import site; site.addsitedir({p!r})\n" for p in parents))
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", str(HERE / "example_plugin")],
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
+         "--no-build-isolation", "--no-index", str(HERE / "example_plugin")],
         check=True, capture_output=True, text=True,
     )
     return python

@@ -52,17 +52,16 @@ class CsvLogger:
 
     @kit.hookimpl
     def kit_train_begin(self, trainer: Trainer) -> None:
-        if trainer.run_dir is None or not trainer.is_global_zero:
-            return
+        if trainer.run_dir is None or not trainer.is_global_zero or not trainer.trains:
+            return  # an evaluation (which may run beside training) writes its own results file
         self.path = kit.run_path(trainer.run_dir, self.options.filename, key="loggers.csv.filename")
         if self.path.is_file():  # a resumed run appends under the existing header
             with self.path.open(newline="", encoding="utf-8") as fh:
                 reader = csv.DictReader(fh)
                 rows = list(reader)
                 self.columns = list(reader.fieldnames or _INDEX)
-            if trainer.trains:
-                rows = self._resumed_rows(rows, trainer.global_step)
-                self._rewrite(rows)
+            rows = self._resumed_rows(rows, trainer.global_step)
+            self._rewrite(rows)
             self.rows = len(rows)
         else:
             self._rewrite([])
@@ -73,10 +72,13 @@ class CsvLogger:
         resume = self._resume or {}
         if step == 0 and not self._resume:
             return []  # restarted from the beginning
-        if resume.get("filename") == self.options.filename and isinstance(resume.get("rows"), int):
+        count = resume.get("rows")
+        if resume.get("filename") == self.options.filename and isinstance(count, int) \
+                and not isinstance(count, bool) and count >= 0:
             pending = resume.get("pending")
-            self.row = dict(pending) if isinstance(pending, dict) else {}
-            return rows[: resume["rows"]]
+            ok = isinstance(pending, dict) and type(pending.get("step")) is int
+            self.row = dict(pending) if ok and isinstance(pending, dict) else {}
+            return rows[:count]
 
         def before(row: dict[str, Any]) -> bool:
             try:

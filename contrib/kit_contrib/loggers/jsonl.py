@@ -4,6 +4,8 @@ A resumed run reads each (name, step) once: every checkpoint records how many li
 file held when it was taken, and a run continued from it first cuts the file back to
 that many, dropping what the stopped run logged after its checkpoint (the resumed run
 logs it again, identically). A run restarted from the beginning starts the file afresh.
+Only modes that train write here: ``--mode evaluate`` (which may run beside training)
+writes its results to ``evaluate-<checkpoint>.json`` instead.
 """
 
 from __future__ import annotations
@@ -74,16 +76,16 @@ class JsonlLogger:
 
     @kit.hookimpl
     def kit_train_begin(self, trainer: Trainer) -> None:
-        if trainer.run_dir is None:
+        if trainer.run_dir is None or not trainer.trains:  # an evaluation writes its own results file
             return
         path = kit.run_path(trainer.run_dir, self.options.filename, key="loggers.jsonl.filename")
-        if trainer.trains and path.is_file():
+        if path.is_file():
             resume = self._resume or {}
             keep = resume.get("lines") if resume.get("filename") == self.options.filename else None
             if trainer.global_step == 0 and not self._resume:
                 keep = 0  # restarted from the beginning: nothing before counts
-            self._lines = keep_lines(path, keep if isinstance(keep, int) else None,
-                                     max_step=trainer.global_step)
+            counted = isinstance(keep, int) and not isinstance(keep, bool) and keep >= 0
+            self._lines = keep_lines(path, keep if counted else None, max_step=trainer.global_step)
         self._fh = path.open("a", encoding="utf-8")
 
     @kit.hookimpl

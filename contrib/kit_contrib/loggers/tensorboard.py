@@ -23,7 +23,7 @@ class TensorBoardLogger:
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
         log_dir: kit.RunPath = Field("tensorboard", description="a folder inside the run directory")
-        flush_secs: int = Field(10, ge=1)
+        flush_secs: int = Field(10, ge=1, le=3600)
         hparams: bool = Field(True, description="write the flattened config as hparams")
 
     def __init__(self, options: Options | None = None) -> None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import click
 
 from kit.cli import CliState
-from kit.errors import CheckpointError, ConfigError, KitError
-from kit.manifest import Manifest, read_manifest, show_name
+from kit.errors import CheckpointError, ConfigError, KitError, disk_full
+from kit.manifest import Manifest, read_manifest, reason, show_name
 
 __all__ = ["ckpt"]
 
@@ -40,10 +41,11 @@ def _open(state: CliState, path: Path) -> tuple[Path, Manifest, dict[str, Any]]:
     def resolve(name: str) -> Any:
         return _format(state, name, "format (in the manifest)")
 
-    if (path / "checkpoints").is_dir() and (path / "config.yaml").is_file():  # a run: its newest
+    if os.path.isdir(path / "checkpoints") and os.path.isfile(path / "config.yaml"):  # a run: its newest
         found = CheckpointStore(path / "checkpoints", TorchFormat(), resolve=resolve).latest()
         if found is None:
-            raise CheckpointError(f"run {path} has no valid checkpoint", hint="pass a checkpoint folder")
+            raise CheckpointError(f"run {show_name(path)} has no valid checkpoint",
+                                  hint="pass a checkpoint folder")
         return found[0], read_manifest(found[0]), found[1]
     folder = checkpoint_folder(path)
     store = CheckpointStore(folder.parent, TorchFormat(), resolve=resolve)
@@ -60,16 +62,43 @@ def _size(n: float) -> str:
 
 
 def _tensors(value: Any) -> tuple[int, int, int]:
-    """(tensors, elements, bytes) anywhere inside ``value``."""
+    """(tensors, elements, bytes) anywhere inside ``value``, each distinct tensor counted once.
+
+    Iterative, and every container is visited once, so no nesting or sharing in a forged
+    checkpoint can make it recurse too deep or walk the same lists forever.
+    """
     import torch
 
-    if isinstance(value, torch.Tensor):
-        return 1, value.numel(), value.numel() * value.element_size()
-    items = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else ()
-    total = (0, 0, 0)
-    for item in items:
-        total = tuple(a + b for a, b in zip(total, _tensors(item), strict=True))  # type: ignore[assignment]
-    return total
+    seen: set[int] = set()
+    count = elements = nbytes = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if not isinstance(item, torch.Tensor | dict | list | tuple) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, torch.Tensor):
+            count, elements = count + 1, elements + item.numel()
+            nbytes += item.numel() * item.element_size()
+        else:
+            stack.extend(item.values() if isinstance(item, dict) else item)
+    return count, elements, nbytes
+
+
+def _number(value: Any) -> str:
+    """A number from a manifest as text; ``?`` for one that does not format (a 401-digit integer)."""
+    try:
+        return f"{float(value):.6g}"
+    except (TypeError, ValueError, OverflowError):
+        return "?"
+
+
+def _shown(value: Any) -> str:
+    """A progress field from a manifest as text that cannot split a line (``?`` if it is odd)."""
+    if isinstance(value, str):
+        return show_name(value)
+    whole = isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
+    return str(value) if whole else "?"
 
 
 @ckpt.command()
@@ -86,27 +115,31 @@ def inspect(state: CliState, path: Path, as_json: bool) -> None:
     sections: dict[str, dict[str, int]] = {}
     for key, value in data.items():
         n, elements, nbytes = _tensors(value)
-        sections[key] = {"tensors": n, "elements": elements, "bytes": nbytes,
-                         "keys": len(value) if isinstance(value, dict) else -1}
+        sections[str(key)] = {"tensors": n, "elements": elements, "bytes": nbytes,
+                              "keys": len(value) if isinstance(value, dict) else -1}
     report = {"path": str(folder), "verified": True, **{k: manifest.get(k) for k in (
-        "format", "kit_version", "step", "progress", "metrics", "files")}, "sections": sections}
+        "format", "kit_version", "step", "progress", "metrics", "files", "converted_from")},
+        "sections": sections}
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
-    progress = manifest["progress"]
-    click.echo(f"checkpoint  {folder}")
-    click.echo(f"format      {manifest.get('format')} (kit {manifest.get('kit_version')}), "
+    progress = manifest["progress"]  # every text below comes from the files: shown on one line each
+    click.echo(f"checkpoint  {show_name(folder)}")
+    click.echo(f"format      {show_name(manifest['format'])} (kit {show_name(manifest['kit_version'])}), "
                "verified against its manifest")
-    click.echo("progress    " + ", ".join(f"{k} {progress[k]}" for k in (
+    if "converted_from" in manifest:
+        click.echo(f"converted   from {show_name(manifest['converted_from'])}")
+    click.echo("progress    " + ", ".join(f"{k} {_shown(progress[k])}" for k in (
         "iteration", "global_step", "epoch", "epoch_batches", "phase") if k in progress))
     if manifest["metrics"]:
-        click.echo("metrics     " + ", ".join(f"{k}={v:.6g}" for k, v in manifest["metrics"].items()))
+        click.echo("metrics     " + ", ".join(f"{show_name(k)}={_number(v)}"
+                                              for k, v in manifest["metrics"].items()))
     for name, entry in sorted(manifest["files"].items()):
         click.echo(f"file        {show_name(name)}  {_size(entry['size'])}  sha256 {entry['sha256'][:16]}…")
     for key, info in sections.items():
         detail = f"{info['tensors']} tensors, {info['elements']:,} values, {_size(info['bytes'])}" \
             if info["tensors"] else (f"{info['keys']} keys" if info["keys"] >= 0 else "")
-        click.echo(f"{key:<11} {detail}".rstrip())
+        click.echo(f"{show_name(key):<11} {detail}".rstrip())
 
 
 @ckpt.command()
@@ -124,10 +157,36 @@ def convert(state: CliState, path: Path, target: str, output: Path | None) -> No
     folder, manifest, data = _open(state, path)
     fmt = _format(state, target, "--to")
     output = output or folder.with_name(f"{folder.name}-{target}")
-    if output.exists():
-        raise CheckpointError(f"{output} already exists", hint="pass another --output, or delete it")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    _check_output(output, folder)
     meta: dict[str, Any] = {"step": manifest["step"], "progress": manifest["progress"],
                             "metrics": manifest["metrics"], "monitor": manifest["monitor"]}
-    commit(output, fmt, data, {**meta, "converted_from": str(folder)})
-    click.echo(f"wrote {output} ({target})")
+    commit(output, fmt, data, {**meta, "converted_from": str(folder)})  # a folder it cannot write
+    click.echo(f"wrote {show_name(output)} ({target})")                  # in is a CheckpointError
+
+
+def _check_output(output: Path, source: Path) -> None:
+    """Refuse ``--output`` before anything is written: a path that exists (a dangling symlink
+    too), lies inside the checkpoint being converted, or cannot name a new folder; then make
+    its parent. A full disk stays an ``OSError`` (exit 1)."""
+    hint = "pass a new folder outside the checkpoint, e.g. beside it"
+    try:
+        os.lstat(output)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # a name too long, a path through a file (/dev/null/x), no permission
+        raise ConfigError(f"{show_name(output)} cannot be a new folder: {reason(exc)}", key="--output",
+                          hint=hint) from None
+    else:
+        raise CheckpointError(f"{show_name(output)} already exists",
+                              hint="pass another --output, or delete it")
+    inside = Path(os.path.realpath(output))
+    if inside.is_relative_to(os.path.realpath(source)):
+        raise ConfigError(f"{show_name(output)} is inside the checkpoint {show_name(source)} it converts",
+                          key="--output", hint=hint)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if disk_full(exc) is not None:
+            raise
+        raise ConfigError(f"cannot create the folder {show_name(output.parent)}: {reason(exc)}",
+                          key="--output", hint=hint) from None
