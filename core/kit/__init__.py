@@ -7,9 +7,9 @@ pydantic) loads on first use, so ``kit --help`` pays only for what it shows.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from kit._lazy import lazy_attributes
 from kit._version import __version__
 from kit.errors import (
     CheckpointError,
@@ -88,10 +88,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes("kit", _LAZY)

@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import warnings
 import zipfile
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 import torch
+from blocking import in_thread
 
 import kit.checkpoint
 from kit.checkpoint import MANIFEST, CheckpointStore, Retention, TorchFormat, check_kit_checkpoint
@@ -446,24 +446,6 @@ def test_torchs_warnings_stay_out_of_a_refusal(tmp_path: Path) -> None:
 
 
 # -- kit's own files, read without hanging or filling memory -----------------------------------
-
-
-def in_thread(fn: Callable[[], Any], timeout: float = 20) -> Any:
-    out: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            out["value"] = fn()
-        except BaseException as exc:
-            out["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), "kit blocked reading a file"
-    if "error" in out:
-        raise out["error"]
-    return out.get("value")
 
 
 def sparse(path: Path, size: int = 3 << 30) -> None:

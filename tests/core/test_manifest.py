@@ -8,13 +8,13 @@ import hashlib
 import json
 import os
 import shutil
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from blocking import in_thread
 
 import kit
 import kit.checkpoint
@@ -236,25 +236,6 @@ def hashed(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
 def warnings(err: str) -> list[str]:
     return [line for line in err.splitlines() if line]
-
-
-def in_thread(fn: Callable[[], Any], timeout: float = 20) -> Any:
-    """Run ``fn`` in a daemon thread: a blocking open() of a FIFO fails the test instead of hanging it."""
-    out: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            out["value"] = fn()
-        except BaseException as exc:
-            out["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), "kit blocked: it opened a file it should only have looked at"
-    if "error" in out:
-        raise out["error"]
-    return out.get("value")
 
 
 @pytest.mark.parametrize("case", [*FORGED, *MALFORMED])

@@ -5,8 +5,9 @@ Names load on first use: ``kit --help`` needs discovery but not pluggy.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from kit._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from kit.plugins.blame import blame
@@ -49,10 +50,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kit.plugins' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes("kit.plugins", _LAZY)
