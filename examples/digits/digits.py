@@ -19,7 +19,11 @@ def build_model(hidden: int = 128, dropout: float = 0.1) -> nn.Module:
 
 def build_data(val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0) -> kit.Data:
     """Standardised features, split once with a fixed seed; no download."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise kit.ConfigError("the digits example needs scikit-learn", key="data.target",
+                              hint="pip install 'kit-trainer[examples]'") from None
 
     x, y = load_digits(return_X_y=True)
     x = torch.tensor(x, dtype=torch.float32)

@@ -53,6 +53,10 @@ def _open(state: CliState, path: Path) -> tuple[Path, Manifest, dict[str, Any]]:
     return folder, read_manifest(folder), data
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -137,8 +141,9 @@ def inspect(state: CliState, path: Path, as_json: bool) -> None:
     for name, entry in sorted(manifest["files"].items()):
         click.echo(f"file        {show_name(name)}  {_size(entry['size'])}  sha256 {entry['sha256'][:16]}…")
     for key, info in sections.items():
-        detail = f"{info['tensors']} tensors, {info['elements']:,} values, {_size(info['bytes'])}" \
-            if info["tensors"] else (f"{info['keys']} keys" if info["keys"] >= 0 else "")
+        detail = f"{_count(info['tensors'], 'tensor')}, {_count(info['elements'], 'value')}, " \
+            f"{_size(info['bytes'])}" if info["tensors"] else \
+            (_count(info["keys"], "key") if info["keys"] >= 0 else "")
         click.echo(f"{show_name(key):<11} {detail}".rstrip())
 
 

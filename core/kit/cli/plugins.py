@@ -19,9 +19,12 @@ def plugins() -> None:
 
 
 def _status(spec: EntryPointSpec, state: CliState, check: bool, clashes: set[tuple[str, str]]) -> str:
-    problems = spec.problems(state.registry)
+    problems = spec.problems()
     if (spec.group, spec.name) in clashes:
         problems.append(f"name clash: several packages provide {spec.group} {spec.name!r}")
+    unavailable = spec.unavailable(state.registry)
+    if not problems and unavailable:  # optional and not installed: not a broken plugin
+        return f"unavailable: {unavailable}"
     if not problems and check:
         try:
             spec.load()
@@ -47,10 +50,11 @@ def _status(spec: EntryPointSpec, state: CliState, check: bool, clashes: set[tup
 def list_(state: CliState, groups: tuple[str, ...], check: bool, as_json: bool) -> None:
     """List plugins by group: name, package, version and status.
 
-    Without --check nothing is imported: a missing module or a missing optional
-    dependency shows here, an error inside a plugin's code shows with --check.
-    The exit code is 0 without --check, whatever the rows say; with --check it is 1
-    when any listed plugin has an error, after the whole list is printed.
+    Without --check nothing is imported: a missing module shows as an error and a
+    plugin whose optional dependency is not installed as unavailable (with what to
+    install); an error inside a plugin's code shows with --check. The exit code is 0
+    without --check, whatever the rows say; with --check it is 1 when any listed plugin
+    has an error (unavailable ones are not errors), after the whole list is printed.
     """
     specs = [s for s in state.registry.specs if not groups or s.group in groups]
     seen: dict[tuple[str, str], set[str]] = {}

@@ -106,24 +106,25 @@ class EntryPointSpec:
 
     # -- step 3: check --------------------------------------------------------------
 
-    def problems(self, registry: Registry | None = None) -> list[str]:
-        """What is visibly wrong with this entry point, found without importing it.
-
-        ``registry`` knows what is installed; without one, ``sys.path`` is scanned.
-        """
+    def problems(self) -> list[str]:
+        """What is visibly broken in this entry point, found without importing it."""
         if _VALUE.match(self.value) is None:
             return [f"malformed entry point {self.value!r}"]
-        found: list[str] = []
         if not _module_exists(self.module):
-            found.append(f"module {self.module!r} not found")
+            return [f"module {self.module!r} not found"]
+        return []
+
+    def unavailable(self, registry: Registry | None = None) -> str | None:
+        """Why this optional plugin cannot load here (its extras are not installed), or ``None``.
+
+        Not a fault of the plugin: ``install `package[extra]``` fixes it. ``registry`` knows
+        what is installed; without one, ``sys.path`` is scanned.
+        """
         installed = registry or Registry(())
         missing = [dist for dist in self.requires if not installed.installed(dist)]
-        if missing:
-            extras = ",".join(self.extras)
-            found.append(
-                f"missing {', '.join(missing)}: install `{self.package}[{extras}]`"
-            )
-        return found
+        if not missing:
+            return None
+        return f"missing {', '.join(missing)}: install `{self.package}[{','.join(self.extras)}]`"
 
 
 def _module_exists(dotted: str) -> bool:

@@ -161,7 +161,7 @@ def test_inspect_shows_text_from_the_files_on_one_line_each(tmp_path: Path) -> N
     assert lines[2] == "converted   from 'a\\rb'"
     assert lines[3] == "progress    iteration 1, global_step 1, epoch ?, phase 'done\\nkit: forged'"
     assert lines[4] == "metrics     'val\\nloss'=nan"
-    assert lines[-1] == "'evil\\nkey\\x1b[2J' 1 keys"
+    assert lines[-1] == "'evil\\nkey\\x1b[2J' 1 key"
 
 
 def _output_cases(tmp_path: Path, folder: Path) -> dict[str, tuple[Path, str]]:

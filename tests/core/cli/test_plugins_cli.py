@@ -75,7 +75,7 @@ def test_the_table_shows_metadata_as_text_not_markup() -> None:
     needs_extra = spec("fancy", "fake_plugins:NoOptions [safetensors]", package="kit-trainer",
                        extras=("safetensors",), requires=("kit-dependency-that-does-not-exist",))
     bracketed = spec("plain", "fake_plugins:NoOptions", package="acme[bold]-kit")
-    expected = "error: missing kit-dependency-that-does-not-exist: install `kit-trainer[safetensors]`"
+    expected = "unavailable: missing kit-dependency-that-does-not-exist: install `kit-trainer[safetensors]`"
     state = listing(needs_extra, bracketed)
 
     listed = kit("plugins", "list", "--group", "kit.loggers", "--json", **state).output
@@ -84,6 +84,8 @@ def test_the_table_shows_metadata_as_text_not_markup() -> None:
     assert table.exit_code == 0  # without --check the list is information, not a verdict
     assert expected in table.output  # rich ate `[safetensors]` as a markup tag
     assert "acme[bold]-kit  1.0" in table.output
+    checked = kit("plugins", "list", "--group", "kit.loggers", "--check", **state)
+    assert checked.exit_code == 0  # an optional plugin whose extra is not installed is not broken
 
 
 BROKEN = spec("broken", "broken_plugin_mod:Plugin")  # its module exists; importing it raises

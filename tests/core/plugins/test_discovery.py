@@ -101,9 +101,9 @@ def test_discovery_reads_what_an_entry_points_extras_require(
     fancy, plain = registry.find("kit.loggers", "fancy"), registry.find("kit.loggers", "plain")
     assert (fancy.package, fancy.version, fancy.extras) == ("acme-kit", "1.0", ("fancy",))
     assert fancy.requires == ("kit-dependency-that-does-not-exist",)  # not pyyaml, not 'other'
-    assert fancy.problems() == [
-        "missing kit-dependency-that-does-not-exist: install `acme-kit[fancy]`"]
-    assert plain.requires == () and plain.problems() == []
+    assert fancy.problems() == [] and fancy.unavailable() == (
+        "missing kit-dependency-that-does-not-exist: install `acme-kit[fancy]`")
+    assert plain.requires == () and plain.problems() == [] and plain.unavailable() is None
     assert "acme_fancy" not in sys.modules
 
 
