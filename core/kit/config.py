@@ -14,7 +14,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from kit.errors import ConfigError, validation_message
 
@@ -146,6 +154,18 @@ class PluginConfig(_Model):
     strict: bool = Field(False, description="loggers: a failure ends the run instead of disabling it")
 
 
+class BackendConfig(_Model):
+    """The backend by name, with its own options (validated by the backend's ``Options``)."""
+
+    name: str = "torch"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_serializer(mode="plain")
+    def _short(self) -> Any:
+        """``torch``, or ``{ddp: {timeout_s: 60}}``: the way it is written in a config."""
+        return {self.name: dict(self.options)} if self.options else self.name
+
+
 def _named(value: Any) -> Any:
     """Accept ``name``, ``{name: {…options, strict?}}`` or ``{name: …, options: {…}}``."""
     if isinstance(value, str):
@@ -171,7 +191,9 @@ class KitConfig(_Model):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig | None = None
     training: TrainingConfig = Field(default_factory=TrainingConfig)
-    backend: str = "torch"
+    backend: BackendConfig = Field(
+        default_factory=BackendConfig,
+        description="an entry point in kit.backends: torch, ddp, or {ddp: {options}}")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     loggers: list[PluginConfig] = Field(
         default_factory=lambda: [PluginConfig(name="console"), PluginConfig(name="jsonl")]
@@ -201,6 +223,14 @@ class KitConfig(_Model):
     @classmethod
     def _names(cls, value: Any) -> Any:
         return [_named(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend_named(cls, value: Any) -> Any:
+        if isinstance(value, dict) and len(value) == 1 and "name" not in value:
+            ((name, options),) = value.items()
+            return {"name": name, "options": options if options is not None else {}}
+        return {"name": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _unique_names(self) -> KitConfig:

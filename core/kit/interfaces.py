@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+
+import torch
+from torch.utils.data import Sampler
 
 from kit.runlock import RunLock
 
 if TYPE_CHECKING:
     from kit.trainer import Trainer
+
+T = TypeVar("T")
+ReduceOp = Literal["sum", "mean", "max"]
 
 __all__ = ["Backend", "CheckpointFormat", "State"]
 
@@ -55,16 +62,20 @@ class State(ABC):
     def execute(self) -> None:
         """Do the work; results go to ``trainer.results``."""
 
-    def run(self) -> dict[str, Any]:
-        from kit.paths import check_run_dir  # pydantic: only once a run starts
+    shared: ClassVar[tuple[str, ...]] = ()
+    """Attributes :meth:`open_run_dir` sets on global rank zero that the other ranks adopt
+    (``evaluate``'s chosen checkpoint folder, say): only rank zero opens the run."""
 
+    def run(self) -> dict[str, Any]:
         trainer = self.trainer
         with trainer.stop_signals():  # from the start: a signal during start-up stops cleanly too
-            trainer.build()
-            trainer.run_dir = self.open_run_dir()
-            check_run_dir(trainer.run_dir)  # no planted link may redirect the run's own writes
             try:
-                with RunLock(trainer.run_dir) if self.locks else contextlib.nullcontext():
+                trainer.launch()
+                trainer.build()
+                trainer.run_dir = self._open_on_rank_zero()
+                lock = RunLock(trainer.run_dir) if self.locks and trainer.is_global_zero \
+                    else contextlib.nullcontext()
+                with lock:  # rank zero's: it alone writes the run's files
                     self.restore()
                     with trainer.session(mode=self.name, summary=self.summary):
                         self.execute()
@@ -72,39 +83,195 @@ class State(ABC):
                 trainer.teardown()
         return trainer.results
 
+    def _open_on_rank_zero(self) -> Path:
+        """Rank zero creates or finds the run directory; every rank gets its path (and
+        :attr:`shared`), or rank zero's error."""
+        from kit.errors import KitError
+        from kit.paths import check_run_dir  # pydantic: only once a run starts
 
-class Backend(ABC):
-    """Runs the loop on some engine and fires the loop's hooks in the documented order.
+        trainer = self.trainer
+        if trainer.world_size == 1:
+            run_dir = self.open_run_dir()
+            check_run_dir(run_dir)  # no planted link may redirect the run's own writes
+            return run_dir
+        assert trainer.backend is not None
+        outcome: tuple[str | None, dict[str, Any], KitError | None] = (None, {}, None)
+        error: BaseException | None = None
+        if trainer.is_global_zero:
+            try:
+                run_dir = self.open_run_dir()
+                check_run_dir(run_dir)
+                outcome = (str(run_dir), {k: getattr(self, k) for k in self.shared}, None)
+            except BaseException as exc:
+                error = exc
+                failure = KitError(f"rank 0 could not open the run: {exc}")
+                failure.exit_code = exc.exit_code if isinstance(exc, KitError) else 1  # type: ignore[misc]
+                outcome = (None, {}, failure)
+        path, shared, told = trainer.backend.broadcast_object(outcome)
+        if error is not None:
+            raise error
+        if path is None:
+            raise told or KitError("rank 0 could not open the run")
+        for key, value in shared.items():
+            setattr(self, key, value)
+        return Path(path)
 
-    The trainer builds the model, data, loss, optimizer and scheduler; the backend
-    places them, runs iterations, validation and test, and calls
-    ``trainer.save_checkpoint()`` when one is due.
+
+class Backend:
+    """Where tensors live and how they move: the strategy under kit's one loop.
+
+    The loop (:mod:`kit.loop`) fires every hook, keeps the run's position, decides when
+    to validate, save and stop; a backend decides none of that. It answers five kinds of
+    question, and this base class answers them for one process on one device, so a
+    backend overrides only what differs (``ddp`` overrides topology, wrapping, the
+    no-sync context and the collectives):
+
+    - topology: :attr:`rank`, :attr:`local_rank`, :attr:`world_size`, :attr:`is_global_zero`
+    - placement: :meth:`device`, :meth:`to_device`, :meth:`wrap`, :meth:`prepare_optimizer`,
+      :meth:`sampler`
+    - math: :meth:`autocast`, :meth:`no_backward_sync`, :meth:`backward`, :meth:`optimizer_step`
+    - collectives: :meth:`all_reduce`, :meth:`all_gather_object`, :meth:`broadcast_object`,
+      :meth:`barrier` (no-ops in one process)
+    - lifecycle: :meth:`launch`, :meth:`setup`, :meth:`state_dict`/:meth:`load_state_dict`,
+      :meth:`teardown`
+
+    ``trainer.model`` stays the unwrapped module (what checkpoints hold); the loop runs
+    forward through :meth:`wrap`'s result. A backend declares options as a pydantic
+    ``Options`` model, like a logger, and receives them validated in ``__init__``.
     """
 
     name: ClassVar[str] = ""
+    rank: int = 0
+    """This process's global rank."""
+    local_rank: int = 0
+    """Its rank on this machine (which accelerator it uses)."""
+    world_size: int = 1
+    """How many processes train together."""
 
-    @abstractmethod
+    @property
+    def is_global_zero(self) -> bool:
+        """Whether this process writes the run's files and feeds the loggers."""
+        return self.rank == 0
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def launch(self) -> None:
+        """Join the other processes (``ddp``: the process group); before any run directory."""
+
     def setup(self, trainer: Trainer) -> None:
-        """Place the model on its device, compile it, prepare mixed precision."""
+        """Take the built components: precision, a grad scaler, compilation."""
+        cfg = trainer.config.training
+        self.amp_dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(cfg.precision)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "16" else None
+        self.params = [p for p in trainer.model.parameters() if p.requires_grad] \
+            if trainer.model is not None else []
+        self.placed = trainer.device
+        self._move = trainer.device.type != "cpu"
+        self._non_blocking = trainer.device.type == "cuda"
 
-    @abstractmethod
-    def fit(self, trainer: Trainer) -> None:
-        """Train from ``trainer.iteration`` to ``training.iterations``, validating and saving."""
-
-    @abstractmethod
-    def validate(self, trainer: Trainer, iteration: int) -> dict[str, float]:
-        """One validation pass, firing the ``kit_val_*`` hooks; returns the results."""
-
-    @abstractmethod
-    def test(self, trainer: Trainer) -> dict[str, float]:
-        """One test pass, firing the ``kit_test_*`` hooks; returns the results."""
+    def teardown(self) -> None:
+        """Leave the process group, free what :meth:`launch` took. Called however the run ends."""
 
     def state_dict(self) -> dict[str, Any]:
-        """What the backend needs to resume exactly (a grad scaler, pending losses)."""
-        return {}
+        """What this backend needs to resume exactly (a grad scaler)."""
+        scaler = getattr(self, "scaler", None)
+        return {"scaler": scaler.state_dict() if scaler is not None else None}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output; called after :meth:`setup`."""
+        scaler = getattr(self, "scaler", None)
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+
+    # -- placement ------------------------------------------------------------------
+
+    def device(self, requested: str) -> torch.device:
+        """The device this process trains on, from ``training.device``."""
+        from kit.trainer import resolve_device
+
+        return resolve_device(requested)
+
+    def to_device(self, value: Any) -> Any:
+        """A batch (tensors, or tuples, lists and dicts of them) on this process's device."""
+        if not self._move:
+            return value
+        if isinstance(value, torch.Tensor):
+            return value.to(self.placed, non_blocking=self._non_blocking)
+        if isinstance(value, tuple | list):
+            return type(value)(self.to_device(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self.to_device(v) for k, v in value.items()}
+        return value
+
+    def wrap(self, model: torch.nn.Module, trainer: Trainer) -> Callable[..., Any]:
+        """What the loop calls forward on: the model, compiled when ``training.compile``."""
+        if trainer.config.training.compile:
+            return torch.compile(model)
+        return model
+
+    def unwrap(self, forward: Callable[..., Any]) -> Callable[..., Any]:
+        """What evaluation runs forward through: no collectives, as ranks may see different
+        numbers of evaluation batches; by default :meth:`wrap`'s result itself."""
+        return forward
+
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """The optimizer the loop steps (a sharded one, say); by default unchanged."""
+        return optimizer
+
+    def sampler(self, size: int, *, seed: int, shuffle: bool, train: bool) -> Sampler[int]:
+        """The indices of a map-style dataset this rank reads, in order, from ``(seed, epoch)``."""
+        from kit.data import EpochSampler
+
+        return EpochSampler(size, seed=seed, shuffle=shuffle)
+
+    # -- math -----------------------------------------------------------------------
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Mixed precision for forward (and the loss), or nothing."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.placed.type, dtype=self.amp_dtype)
+
+    def no_backward_sync(self, forward: Any, *, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+        """Around forward and backward of an accumulation micro-batch: skip the gradient sync."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward through ``loss`` (scaled under fp16)."""
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        else:
+            loss.backward()  # type: ignore[no-untyped-call]
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, *, clip_grad_norm: float | None) -> None:
+        """Unscale, clip, step and update the scaler; zeroing the gradients is the loop's."""
+        if self.scaler is not None:
+            if clip_grad_norm is not None:
+                self.scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(self.params, clip_grad_norm)
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            return
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, clip_grad_norm)
+        optimizer.step()
+
+    # -- collectives ----------------------------------------------------------------
+
+    def all_reduce(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:
+        """``tensor`` reduced over every rank (``sum``, ``mean`` or ``max``); in place when it can."""
+        return tensor
+
+    def all_gather_object(self, obj: T) -> list[T]:
+        """Every rank's ``obj``, by rank (pickled between kit's own processes only)."""
+        return [obj]
+
+    def broadcast_object(self, obj: T, src: int = 0) -> T:
+        """Rank ``src``'s ``obj`` on every rank."""
+        return obj
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
 
 
 class CheckpointFormat(ABC):

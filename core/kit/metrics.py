@@ -6,6 +6,7 @@ so an evaluation pass costs one host sync, not one per batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -49,6 +50,10 @@ class Metric(Protocol):
 
     def reset(self) -> None: ...
 
+    def reduce(self, all_reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Combine this rank's state with every other rank's (``all_reduce`` sums a tensor
+        over ranks, in place); called before :meth:`compute` when training on several."""
+
 
 class _Sum:
     """A device-side running sum and count."""
@@ -62,6 +67,12 @@ class _Sum:
 
     def compute(self) -> float:
         return float(self.total) / self.count if self.count else float("nan")
+
+    def reduce(self, all_reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        import torch
+
+        both = all_reduce(torch.tensor([float(self.total), float(self.count)], dtype=torch.float64))
+        self.total, self.count = float(both[0]), int(both[1])
 
 
 class Accuracy(_Sum):

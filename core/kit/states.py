@@ -92,10 +92,9 @@ class TrainNew(State):
 
     def execute(self) -> None:
         trainer = self.trainer
-        assert trainer.backend is not None
-        trainer.backend.fit(trainer)
+        trainer.fit()
         if trainer.test_loader is not None:
-            trainer.backend.test(trainer)
+            trainer.test()
 
 
 class ContinueTraining(TrainNew):
@@ -129,7 +128,7 @@ class ContinueTraining(TrainNew):
             except CheckpointError as exc:
                 warn(f"skipping {folder.name}: {exc}")
                 continue
-            if changes:
+            if changes and trainer.is_global_zero:
                 self._accept_changes(run_dir, changes, folder.name, new)
             trainer.last_checkpoint = folder
             say(f"continuing {run_dir} from {folder.name} "
@@ -140,7 +139,7 @@ class ContinueTraining(TrainNew):
                 f"run {run_dir} has checkpoints, but none can be resumed from (each is named above); "
                 "nothing was changed", hint="restore one, or start a new run with --mode new")
         # stopped before its first checkpoint committed: start over, in place
-        if changes:
+        if changes and trainer.is_global_zero:
             self._accept_changes(run_dir, changes, None, new)
         say(f"{run_dir} has no checkpoint yet: starting it from the beginning")
 
@@ -169,6 +168,7 @@ class AutoResume(ContinueTraining):
     """
 
     name: ClassVar[str] = "auto"
+    shared: ClassVar[tuple[str, ...]] = ("fresh",)
     fresh: bool = False
 
     def open_run_dir(self) -> Path:
@@ -206,6 +206,7 @@ class EvaluateOnly(State):
     trains: ClassVar[bool] = False
     locks: ClassVar[bool] = False  # it only reads checkpoints, so it may run beside training
     summary: ClassVar[str | None] = None  # the run's summary.json belongs to its training
+    shared: ClassVar[tuple[str, ...]] = ("folder",)
 
     folder: Path | None = None
     checkpoint: dict[str, Any] | None = None
@@ -264,11 +265,13 @@ class EvaluateOnly(State):
 
     def execute(self) -> None:
         trainer = self.trainer
-        assert trainer.backend is not None and trainer.run_dir is not None and self.folder is not None
+        assert trainer.run_dir is not None and self.folder is not None
         if trainer.val_loader is not None:
-            trainer.backend.validate(trainer, trainer.iteration)
+            trainer.validate()
         if trainer.test_loader is not None:
-            trainer.backend.test(trainer)
+            trainer.test()
+        if not trainer.is_global_zero:
+            return
         print(f"{self.folder.name} (iteration {trainer.iteration}, step {trainer.global_step})")
         print(format_results(trainer.results))
         write_json(trainer.run_dir / f"evaluate-{self.folder.name}.json", {

@@ -21,15 +21,18 @@ import torch
 from kit import components
 from kit._version import __version__
 from kit.checkpoint import CheckpointStore, Retention, check_kit_checkpoint
-from kit.config import KitConfig
+from kit.config import BackendConfig, KitConfig
 from kit.configdiff import flatten
 from kit.data import build_loaders, shutdown_workers
 from kit.errors import CheckpointError, ConfigError, DiskFullError, KitError, RunInterrupted, disk_full
 from kit.interfaces import Backend, CheckpointFormat, State
+from kit.loop import Loop
 from kit.metrics import Metric, MetricKind, MetricRecord, Split
 from kit.plugins import HookRelay, Isolated, PluginChoice, Registry, get_plugin_manager
+from kit.plugins.manager import instantiate
 from kit.report import say
 from kit.rundir import write_json
+from kit.runstate import Best, Phase, RunState
 from kit.seed import rng_state, seed_everything, set_rng_state
 from kit.targets import resolve_target
 
@@ -71,8 +74,8 @@ class Trainer:
         checkpoint: str | None = None,
         allow_config_change: bool = False,
     ) -> None:
-        if backend is not None:
-            config = config.model_copy(update={"backend": backend})
+        if backend is not None and backend != config.backend.name:
+            config = config.model_copy(update={"backend": BackendConfig(name=backend)})
         self.config = config
         self.mode = mode
         self.registry = registry if registry is not None else Registry.from_environment()
@@ -83,25 +86,13 @@ class Trainer:
         self.requested_checkpoint = checkpoint
         self.allow_config_change = allow_config_change
 
-        # Live state, read (and partly written) by plugins.
-        self.iteration = 0
-        """The current (or last finished) iteration, counting from 1."""
-        self.global_step = 0
-        """Optimizer steps taken so far."""
-        self.epoch = 0
-        """Passes started over the training loader, counting from 0."""
-        self.batch_idx = 0
-        self.epoch_batches = 0
-        """Batches consumed from the current pass over the training loader."""
-        self.phase = "done"
-        """Where ``iteration`` stands: ``train`` (mid-iteration), ``end`` (trained; validation
-        and the iteration's end pending) or ``done``. Checkpoints record it to resume exactly."""
+        self.state = RunState()
+        """Where the run stands; the loop advances it and checkpoints record it. Plugins read
+        it through ``iteration``, ``global_step``, ``epoch``, … below."""
         self.should_stop = False
         """Set by a hook to end training after the current step."""
         self.stop_signal: int | None = None
         """Set when SIGTERM, SIGINT or SIGUSR1 arrives; the loops then save and stop."""
-        self.best: dict[str, Any] | None = None
-        """The best monitored value checkpointed so far: ``{"name", "mode", "value", "step"}``."""
         self.trains = True
         """Whether the running mode trains (a signal then saves a checkpoint first)."""
         self.status = "pending"
@@ -112,9 +103,6 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         """The newest checkpoint known good: the one this run saved or resumed from last."""
         self.device = torch.device("cpu")
-        self.rank = 0
-        """This process's global rank; loggers write only where ``is_global_zero``."""
-        self.world_size = 1
 
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -126,6 +114,8 @@ class Trainer:
         self.metric_types: list[type[Metric]] = []
         self.checkpoint_format: CheckpointFormat | None = None
         self.backend: Backend | None = None
+        self.loop: Loop | None = None
+        """Built by :meth:`build`; :meth:`fit`, :meth:`validate` and :meth:`test` run it."""
 
         self.pm = get_plugin_manager(
             *self._extra_plugins,
@@ -135,6 +125,7 @@ class Trainer:
             blocked=self._blocked,
         )
         self.hooks = HookRelay(self.pm)
+        self._logger_names = {p.name for p in config.loggers}
         self._started = 0.0
         self._store: CheckpointStore | None = None
         self._saved_at: tuple[int, int, str] | None = None
@@ -155,8 +146,58 @@ class Trainer:
               for i, p in enumerate(cfg.plugins)),
         ]
 
+    # -- where the run stands (read-only: the loop writes ``state``) ----------------------
+
+    @property
+    def iteration(self) -> int:
+        """The current (or last finished) iteration, counting from 1."""
+        return self.state.iteration
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken so far (the same on every rank)."""
+        return self.state.global_step
+
+    @property
+    def epoch(self) -> int:
+        """Passes started over the training loader, counting from 0."""
+        return self.state.epoch
+
+    @property
+    def batch_idx(self) -> int:
+        """The training batch being processed, within its pass."""
+        return self.state.batch_idx
+
+    @property
+    def epoch_batches(self) -> int:
+        """Batches consumed from the current pass over the training loader."""
+        return self.state.epoch_batches
+
+    @property
+    def phase(self) -> Phase:
+        """``train`` (mid-iteration), ``end`` (validation and the iteration's end pending) or ``done``."""
+        return self.state.phase
+
+    @property
+    def best(self) -> Best | None:
+        """The best monitored value checkpointed so far: ``{"name", "mode", "value", "step"}``."""
+        return self.state.best
+
+    # -- topology (the backend's) --------------------------------------------------
+
+    @property
+    def rank(self) -> int:
+        """This process's global rank."""
+        return self.backend.rank if self.backend is not None else 0
+
+    @property
+    def world_size(self) -> int:
+        """How many processes train together."""
+        return self.backend.world_size if self.backend is not None else 1
+
     @property
     def is_global_zero(self) -> bool:
+        """Whether this process writes the run's files; loggers run only here."""
         return self.rank == 0
 
     @property
@@ -202,11 +243,22 @@ class Trainer:
 
     def _ensure_backend(self) -> Backend:
         if self.backend is None:
-            backend_cls = self._load("kit.backends", self.config.backend, "backend")
+            choice = self.config.backend
+            backend_cls = self._load("kit.backends", choice.name, "backend")
             if not (isinstance(backend_cls, type) and issubclass(backend_cls, Backend)):
-                raise KitError(f"backend {self.config.backend!r} is not a kit.Backend: {backend_cls!r}")
-            self.backend = backend_cls()
+                raise KitError(f"backend {choice.name!r} is not a kit.Backend: {backend_cls!r}")
+            self.backend = instantiate(backend_cls, choice.options, label=f"backend {choice.name}",
+                                       where="backend")
         return self.backend
+
+    def launch(self) -> None:
+        """Join the other ranks (the backend's launch); loggers then stay on global rank zero."""
+        self._ensure_backend().launch()
+        if not self.is_global_zero:  # decided once, here: no logger needs a rank guard
+            for name, plugin in list(self.pm.list_name_plugin()):
+                if name in self._logger_names and plugin is not None:
+                    self.pm.unregister(plugin)
+            self.hooks.refresh()
 
     def build(self) -> None:
         """Seed, then build model, data, loss, metrics, optimizer and scheduler, and set up."""
@@ -219,7 +271,8 @@ class Trainer:
             raise ConfigError("fp16 needs CUDA", key="training.precision", hint="use bf16 on CPU")
         seed_everything(train.seed, deterministic=train.deterministic)
         self.checkpoint_format = self._format_named(cfg.checkpoint.format)
-        self.device = resolve_device(train.device)
+        backend = self._ensure_backend()
+        self.device = backend.device(train.device)
         factory = resolve_target(cfg.model.target, key="model.target", base_dir=base)
         model = components.call_factory(factory, cfg.model.kwargs, key="model")
         if not isinstance(model, torch.nn.Module):
@@ -231,14 +284,31 @@ class Trainer:
         pin = cfg.data.pin_memory if cfg.data.pin_memory is not None else self.device.type == "cuda"
         self.train_loader, self.val_loader, self.test_loader = build_loaders(
             data, cfg.data, inference_batch_size=train.inference_batch_size, seed=train.seed,
-            pin_memory=pin,
+            pin_memory=pin, sampler=backend.sampler, world_size=backend.world_size,
         )
         self.loss_fn = components.resolve_loss(cfg.task, base)
         self.metric_types = components.resolve_metrics(cfg.task, base)
         self.model.to(self.device)  # before the optimizer: its state follows the parameters
-        self.optimizer = components.build_optimizer(cfg.optimizer, self.model, base)
+        optimizer = components.build_optimizer(cfg.optimizer, self.model, base)
+        self.optimizer = backend.prepare_optimizer(optimizer)
         self.scheduler = components.build_scheduler(cfg.scheduler, self.optimizer, base)
-        self._ensure_backend().setup(self)
+        backend.setup(self)
+        self.loop = Loop(self, backend)
+
+    def fit(self) -> None:
+        """Train from where the run stands to ``training.iterations``, validating and saving."""
+        assert self.loop is not None, "build() first"
+        self.loop.fit()
+
+    def validate(self) -> dict[str, float]:
+        """One validation pass at the current iteration; returns (and records) its results."""
+        assert self.loop is not None, "build() first"
+        return self.loop.validate(self.iteration)
+
+    def test(self) -> dict[str, float]:
+        """One test pass; returns (and records) its results."""
+        assert self.loop is not None, "build() first"
+        return self.loop.test()
 
     @contextlib.contextmanager
     def session(self, *, mode: str, summary: str | None = "summary.json") -> Iterator[None]:
@@ -331,9 +401,14 @@ class Trainer:
                 signal.signal(s, handler)
 
     def teardown(self) -> None:
-        """Release what the run holds outside this process: the loaders' worker processes."""
-        shutdown_workers(loader for loader in (self.train_loader, self.val_loader, self.test_loader)
-                         if loader is not None)
+        """Release what the run holds outside this process: the loaders' worker processes,
+        then the backend's process group."""
+        try:
+            shutdown_workers(loader for loader in (self.train_loader, self.val_loader, self.test_loader)
+                             if loader is not None)
+        finally:
+            if self.backend is not None:
+                self.backend.teardown()
 
     def interrupt(self) -> None:
         """Called by the loops when ``stop_signal`` is set: save (when training), then stop."""
@@ -352,12 +427,13 @@ class Trainer:
                 say(f"{name} hook failed: {type(exc).__name__}: {exc}")
 
     def _write_summary(self, mode: str, name: str) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or not self.is_global_zero:
             return
         write_json(self.run_dir / name, {
             "status": self.status,
             "mode": mode,
-            "backend": self.config.backend,
+            "backend": self.config.backend.name,
+            "world_size": self.world_size,
             "experiment": self.config.experiment,
             "run_id": self.run_dir.name,
             "iteration": self.iteration,
@@ -375,8 +451,12 @@ class Trainer:
     def record(
         self, name: str, value: Any, *, kind: MetricKind = "scalar", split: Split | None = None
     ) -> None:
-        """Record a value: fires ``kit_metric_recorded`` (tensors become Python numbers here)."""
-        hook = self.hooks.kit_metric_recorded
+        """Record a value: fires ``kit_metric_recorded`` (tensors become Python numbers here).
+
+        With several ranks, values are recorded once, by global rank zero; the loop's own
+        (losses, validation and test metrics) are reduced over every rank first.
+        """
+        hook = self.hooks.kit_metric_recorded if self.is_global_zero else None
         monitored = name == self.config.checkpoint.monitor
         if hook is None and not monitored:
             return
@@ -399,24 +479,35 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------
 
     def progress(self) -> dict[str, Any]:
-        return {"iteration": self.iteration, "global_step": self.global_step, "epoch": self.epoch,
-                "epoch_batches": self.epoch_batches, "phase": self.phase, "best": self.best}
+        """Where the run stands, as plain data (a checkpoint's ``progress``)."""
+        self.state.world_size = self.world_size
+        return self.state.to_dict()
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume, in types ``torch.load(weights_only=True)`` accepts."""
+        """Everything needed to resume, in types ``torch.load(weights_only=True)`` accepts.
+
+        A collective with several ranks (every rank calls it): each rank's RNG state is
+        gathered, so each gets its own back on resume.
+        """
         assert self.model is not None and self.optimizer is not None and self.backend is not None
-        return {
-            "kit": {"version": __version__, "format": 2},
+        assert self.loop is not None
+        rng = rng_state()
+        checkpoint = {
+            "kit": {"version": __version__, "format": 3},
             "progress": self.progress(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "backend": {"name": self.config.backend, "state": self.backend.state_dict()},
-            "rng": rng_state(),
+            "backend": {"name": self.config.backend.name, "state": self.backend.state_dict()},
+            "loop": self.loop.state_dict(),
+            "rng": rng,
             "config": self.config.resolved(),
             "results": self.results,
             "plugins": {},
         }
+        if self.world_size > 1:
+            checkpoint["rng_ranks"] = self.backend.all_gather_object(rng)
+        return checkpoint
 
     def load_state_dict(self, checkpoint: dict[str, Any], *, resume: bool = True) -> None:
         """Restore a checkpoint; ``resume`` restores everything for training, else the model only.
@@ -424,30 +515,47 @@ class Trainer:
         Fires ``kit_checkpoint_load`` last, so plugins see kit's state already restored.
         """
         assert self.model is not None and self.optimizer is not None and self.backend is not None
+        assert self.loop is not None
+        progress = checkpoint["progress"]
+        if resume:
+            self._check_world_size(int(progress.get("world_size", 1)))
         try:
             self.model.load_state_dict(checkpoint["model"])
-            progress = checkpoint["progress"]
-            self.iteration, self.global_step = int(progress["iteration"]), int(progress["global_step"])
-            self.epoch = int(progress["epoch"])
+            self.state.load(progress, resume=resume)
             if resume:
                 self.optimizer.load_state_dict(checkpoint["optimizer"])
                 if self.scheduler is not None and checkpoint.get("scheduler") is not None:
                     self.scheduler.load_state_dict(checkpoint["scheduler"])
                 backend = checkpoint.get("backend") or {}
-                if backend.get("name") == self.config.backend:
+                if backend.get("name") == self.config.backend.name:
                     self.backend.load_state_dict(backend.get("state") or {})
-                self.epoch_batches = int(progress.get("epoch_batches", 0))
-                self.phase = str(progress.get("phase", "done"))
-                self.best = progress.get("best")
+                self.loop.load_state_dict(checkpoint.get("loop") or {})
                 self.results = dict(checkpoint.get("results") or {})
-                set_rng_state(checkpoint["rng"])
+                ranks = checkpoint.get("rng_ranks") or []
+                set_rng_state(ranks[self.rank] if self.rank < len(ranks) else checkpoint["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(
                 f"the checkpoint does not fit this model or run: {type(exc).__name__}: {first}",
                 hint="check model.target and model.kwargs against the run's config.yaml") from exc
-        self._saved_at = (self.iteration, self.global_step, self.phase)
+        self._saved_at = self.state.key()
         self.hooks.call("kit_checkpoint_load", trainer=self, checkpoint=checkpoint)
+
+    def _check_world_size(self, saved: int) -> None:
+        """An exact resume needs the world size the checkpoint was taken with."""
+        if saved == self.world_size:
+            return
+        if not self.allow_config_change:
+            raise ConfigError(
+                f"the checkpoint was taken with {saved} process{'es' * (saved != 1)} and this run has "
+                f"{self.world_size}: resuming would not be exact", key="--nproc-per-node",
+                hint=f"launch {saved} processes, or pass --allow-config-change (the resumed run will "
+                     "not match an uninterrupted one bitwise)")
+        from kit.report import warn
+
+        warn(f"resuming a {saved}-process checkpoint with {self.world_size} processes "
+             "(--allow-config-change): the data order and random draws will differ from an "
+             "uninterrupted run")
 
     @property
     def checkpoints(self) -> CheckpointStore | None:
@@ -506,11 +614,16 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """Let plugins add their state, then commit a checkpoint; a state already saved is not
-        saved twice (its path is returned)."""
+        saved twice (its path is returned).
+
+        With several ranks every rank calls it at the same step: each adds its RNG state,
+        global rank zero alone writes, and every rank waits for the commit at a barrier, so
+        no rank runs ahead of the last checkpoint.
+        """
         store = self.checkpoints
         if store is None:
             return None
-        key = (self.iteration, self.global_step, self.phase)
+        key = self.state.key()
         if key == self._saved_at:
             return self._saved_path
         monitor = self.config.checkpoint.monitor
@@ -520,14 +633,39 @@ class Trainer:
             mode = self.config.checkpoint.mode
             best = self.best["value"] if self.best else None
             if best is None or (value < best if mode == "min" else value > best):
-                self.best = {"name": monitor, "mode": mode, "value": value, "step": self.global_step}
+                self.state.best = {"name": monitor, "mode": mode, "value": value, "step": self.global_step}
         checkpoint = self.state_dict()
         self.hooks.call("kit_checkpoint_save", trainer=self, checkpoint=checkpoint)
-        path = store.save(checkpoint, step=self.global_step, progress=self.progress(), metrics=metrics)
+        if self.world_size == 1:
+            path = store.save(checkpoint, step=self.global_step, progress=self.progress(), metrics=metrics)
+        else:
+            path = self._save_on_rank_zero(store, checkpoint, metrics)
         self._saved_at, self._saved_path = key, path
         self.last_checkpoint = path
         self._arm_periodic_saves()
         return path
+
+
+    def _save_on_rank_zero(self, store: CheckpointStore, checkpoint: dict[str, Any],
+                           metrics: dict[str, float]) -> Path:
+        """Rank zero commits; every rank waits for the outcome (a broadcast is the barrier), so
+        no rank runs ahead of its checkpoint, and a failed commit stops every rank."""
+        assert self.backend is not None
+        outcome: tuple[str | None, str | None] = (None, None)
+        error: BaseException | None = None
+        if self.is_global_zero:
+            try:
+                saved = store.save(checkpoint, step=self.global_step, progress=self.progress(),
+                                   metrics=metrics)
+                outcome = (str(saved), None)
+            except BaseException as exc:  # the other ranks must hear of it, then it is raised here
+                error, outcome = exc, (None, f"{type(exc).__name__}: {exc}")
+        path, problem = self.backend.broadcast_object(outcome)
+        if error is not None:
+            raise error
+        if problem is not None or path is None:
+            raise KitError(f"rank 0 could not save a checkpoint ({problem}); its own message says why")
+        return Path(path)
 
 
 def resolve_device(name: str) -> torch.device:

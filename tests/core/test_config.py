@@ -25,7 +25,8 @@ def test_defaults_are_filled_in() -> None:
     cfg = validate_config(MINIMAL)
     assert cfg.training.type == "epoch" and cfg.training.eval_frequency == 1
     assert [p.name for p in cfg.loggers] == ["console", "jsonl"]
-    assert cfg.backend == "torch" and cfg.checkpoint.format == "torch"
+    assert cfg.backend.name == "torch" and cfg.resolved()["backend"] == "torch"
+    assert cfg.checkpoint.format == "torch"
 
 
 def test_unknown_key_suggests_the_right_one() -> None:

@@ -51,7 +51,7 @@ def test_checkpoint_loads_with_weights_only_and_carries_plugin_state(kit_config:
     path = trainer.run_dir / "checkpoints" / "step-00000008" / "checkpoint.pt"
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["progress"] == {"iteration": 2, "global_step": 8, "epoch": 2, "epoch_batches": 0,
-                                "phase": "done", "best": None}
+                                "phase": "done", "best": None, "world_size": 1}
     assert ckpt["plugins"]["stateful"]["seen"] == 8
     assert torch.equal(ckpt["plugins"]["stateful"]["buffer"], torch.arange(3))
     model = kit.Trainer(kit_config(), autoload=False)

@@ -69,7 +69,7 @@ class ConsoleLogger:
         params = sum(p.numel() for p in trainer.model.parameters()) if trainer.model else 0
         self._print(
             f"kit {kit.__version__} · {trainer.mode} · experiment {cfg.experiment} · "
-            f"backend {cfg.backend} · device {trainer.device} · {params:,} parameters"
+            f"backend {cfg.backend.name} · device {trainer.device} · {params:,} parameters"
         )
         if trainer.run_dir is not None:
             self._print(f"run directory: {trainer.run_dir}", path=True)

@@ -98,7 +98,7 @@ class MlflowLogger:
         params = [self._param(k, str(v)[:_MAX_PARAM]) for k, v in sorted(trainer.hparams().items())
                   if k not in logged]  # params are immutable in MLflow: a resumed run adds new ones only
         tags = {"kit.experiment": trainer.config.experiment, "kit.run_id": trainer.run_dir.name,
-                "kit.mode": trainer.mode, "kit.backend": trainer.config.backend,
+                "kit.mode": trainer.mode, "kit.backend": trainer.config.backend.name,
                 "kit.run_dir": str(trainer.run_dir), "kit.version": kit.__version__, **self.options.tags}
         for start in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[start:start + 100])

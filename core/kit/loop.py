@@ -1,0 +1,423 @@
+"""The loop: the only code that fires the loop's hooks, on every backend.
+
+``hookspecs.py`` draws the event order; this module is its one implementation: the
+resume phases, the validation, save and log cadence, the train loss window, metric
+recording and the stop checks. Where tensors live and how they move is the
+:class:`~kit.interfaces.Backend`'s: the loop calls it for placement, mixed precision,
+backward, the optimizer step and collectives, and never asks which backend it is.
+
+Written for small steps: each hook is resolved once (``None`` when nobody implements
+it); losses stay on the device in a short list that is reduced, and synced, only every
+``log_every_n_steps`` optimizer steps. With more than one rank, the ranks agree on
+stopping and on time-based saves at optimizer-step boundaries (one tiny CPU all-reduce)
+so every rank stops, and saves, at the same step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from kit.data import EpochSampler
+from kit.metrics import MeanLoss
+
+if TYPE_CHECKING:
+    from kit.interfaces import Backend
+    from kit.runstate import RunState
+    from kit.trainer import Trainer
+
+__all__ = ["Loop"]
+
+
+def _skips(loader: Any) -> bool:
+    """Whether ``loader`` starts a resumed pass by skipping indices (kit's EpochSampler)
+    rather than by replaying batches."""
+    return isinstance(getattr(loader, "sampler", None), EpochSampler) and bool(loader.batch_size)
+
+
+class Loop:
+    """Train, validate and test one run; the trainer is the context every hook receives."""
+
+    def __init__(self, trainer: Trainer, backend: Backend) -> None:
+        assert trainer.model is not None
+        self.trainer = trainer
+        self.backend = backend
+        self.state: RunState = trainer.state
+        self.forward: Callable[..., Any] = backend.wrap(trainer.model, trainer)
+        self.eval_forward: Callable[..., Any] = backend.unwrap(self.forward)
+        self.distributed = backend.world_size > 1
+        self.window: list[torch.Tensor] = []  # losses since the last log, on the device
+        self.iter_sum: torch.Tensor | float = 0.0
+        self.iter_count = 0
+        self.samples = 0  # since the last log, for throughput
+        self.logged_at = (time.perf_counter(), self.state.global_step)
+
+    # -- stopping -------------------------------------------------------------------
+
+    def _agree(self, *, save_due: bool = False) -> bool:
+        """Make every rank see the same stop signal, ``should_stop`` and ``save_due``.
+
+        One process: nothing to agree on. Several: one MAX all-reduce of three small
+        integers on the CPU, so a signal caught, or a stop asked for, on any rank stops
+        every rank at this step. Returns ``save_due`` as agreed.
+        """
+        trainer = self.trainer
+        if not self.distributed:
+            return save_due
+        flags = torch.tensor([trainer.stop_signal or 0, int(trainer.should_stop), int(save_due)])
+        self.backend.all_reduce(flags, "max")
+        signum, stop, due = (int(v) for v in flags.tolist())
+        if signum and trainer.stop_signal is None:
+            trainer.stop_signal = signum
+        trainer.should_stop = bool(stop)
+        return bool(due)
+
+    def _step_done(self, *, ends_iteration: bool) -> None:
+        """After an optimizer step: handle a stop signal, or save when due by steps or time.
+
+        A save due on a step that ends the iteration waits for the iteration's end, so one
+        checkpoint covers both.
+        """
+        trainer = self.trainer
+        due = not ends_iteration and trainer.checkpoint_due(end_of_iteration=False)
+        due = self._agree(save_due=due)
+        if trainer.stop_signal is not None:
+            trainer.interrupt()
+        if due:
+            trainer.save_checkpoint()
+
+    # -- one batch ------------------------------------------------------------------
+
+    def _train_batch(self, batch: Any, optimizer_step: bool) -> torch.Tensor:
+        trainer, backend = self.trainer, self.backend
+        inputs, targets = backend.to_device(batch[0]), backend.to_device(batch[1])
+        self.samples += len(targets)
+        accum = trainer.config.training.grad_accum
+        assert trainer.loss_fn is not None
+        with backend.no_backward_sync(self.forward, enabled=not optimizer_step):
+            with backend.autocast():
+                loss = trainer.loss_fn(self.forward(inputs), targets)
+            backend.backward(loss / accum if accum > 1 else loss)
+        loss = loss.detach()
+        self.window.append(loss)
+        if optimizer_step:
+            self._optimizer_step()
+        return loss
+
+    def _optimizer_step(self) -> None:
+        trainer, state = self.trainer, self.state
+        cfg = trainer.config.training
+        optimizer = trainer.optimizer
+        assert optimizer is not None
+        self.backend.optimizer_step(optimizer, clip_grad_norm=cfg.clip_grad_norm)
+        optimizer.zero_grad(set_to_none=True)
+        state.global_step += 1
+        if trainer.scheduler is not None and trainer.config.scheduler is not None \
+                and trainer.config.scheduler.interval == "step":
+            trainer.scheduler.step()
+        if state.global_step % cfg.log_every_n_steps == 0:
+            self._log_window()
+
+    def _log_window(self, *, record: bool = True) -> None:
+        """Reduce the losses since the last log on the device; the one sync, here only."""
+        if not self.window:
+            return
+        stacked = torch.stack(self.window)
+        self.iter_sum = self.iter_sum + stacked.sum()
+        self.iter_count += len(self.window)
+        self.window.clear()
+        if not record:
+            return
+        trainer = self.trainer
+        samples: float = self.samples
+        if self.distributed:  # every rank's mean and sample count, in one collective
+            both = torch.stack([stacked.mean().float(), stacked.new_tensor(float(samples)).float()])
+            both = self.backend.all_reduce(both, "sum")
+            value, samples = float(both[0]) / self.backend.world_size, float(both[1])
+        else:
+            value = float(stacked.mean())  # the sync: after it, host time is device time
+        now, (since, step0) = time.perf_counter(), self.logged_at
+        steps = self.state.global_step - step0
+        self.logged_at, self.samples = (now, self.state.global_step), 0
+        trainer.record("train/loss", value, split="train")
+        optimizer = trainer.optimizer
+        assert optimizer is not None
+        trainer.record("train/lr", optimizer.param_groups[0]["lr"], split="train")
+        if steps > 0 and now > since:
+            trainer.record("train/step_time", (now - since) / steps, split="train")
+            trainer.record("train/throughput", samples / (now - since), split="train")
+
+    def _take_iteration_loss(self) -> float | None:
+        """The mean training loss since the iteration started, over every rank; resets it."""
+        if self.distributed:  # every rank has the same count: no rank skips the collective
+            total = torch.as_tensor(self.iter_sum, dtype=torch.float64).reshape(1).clone()
+            total = self.backend.all_reduce(total, "sum")
+            count = self.iter_count * self.backend.world_size
+            value = float(total) / count if count else None
+        else:
+            value = float(self.iter_sum) / self.iter_count if self.iter_count else None
+        self.iter_sum, self.iter_count = 0.0, 0
+        return value
+
+    # -- training -------------------------------------------------------------------
+
+    def fit(self) -> None:
+        """Train from where ``trainer.state`` stands to ``training.iterations``."""
+        assert self.trainer.model is not None
+        self.trainer.model.train()
+        self.logged_at, self.samples = (time.perf_counter(), self.state.global_step), 0
+        if self.trainer.config.training.type == "epoch":
+            self._fit_epochs()
+        else:
+            self._fit_steps()
+
+    def _batches(self, skip: int) -> Iterator[Any]:
+        """The batches of pass ``state.epoch``, after the first ``skip`` (a resumed pass)."""
+        loader = self.trainer.train_loader
+        assert loader is not None
+        sampler = getattr(loader, "sampler", None)
+        if _skips(loader):
+            assert isinstance(sampler, EpochSampler) and loader.batch_size
+            sampler.set_epoch(self.state.epoch, start=skip * loader.batch_size)  # O(1): no replay
+            return iter(loader)
+        set_epoch = getattr(sampler, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(self.state.epoch)
+        batches: Iterator[Any] = iter(loader)
+        if skip:
+            warnings.warn(f"the training loader has no kit.EpochSampler: replaying {skip} batches to "
+                          "reach the resume point", stacklevel=2)
+            batches = itertools.islice(batches, skip, None)
+        return batches
+
+    def _fit_epochs(self) -> None:
+        trainer, state = self.trainer, self.state
+        cfg = trainer.config.training
+        hooks = trainer.hooks
+        loader = trainer.train_loader
+        assert loader is not None
+        accum = cfg.grad_accum
+        resuming = state.phase != "done"  # a checkpoint taken inside an iteration
+        first = state.iteration if resuming else state.iteration + 1
+        for iteration in range(first, cfg.iterations + 1):
+            state.iteration = iteration
+            if resuming and state.phase == "end":  # trained; its validation and end were cut short
+                resuming = False
+                self._end_iteration(iteration, {})
+                if trainer.should_stop:
+                    break
+                continue
+            skip = state.epoch_batches if resuming else 0
+            resuming = False
+            state.phase = "train"
+            if hooks.kit_iteration_begin is not None:
+                hooks.kit_iteration_begin(trainer=trainer, iteration=iteration)
+            batches = self._batches(skip)
+            try:  # an EpochSampler now yields the rest of the pass; a replayed loader, all of it
+                n_batches: int | None = len(loader) + (skip if _skips(loader) else 0)
+            except TypeError:  # an IterableDataset without a length
+                n_batches = None
+            step_begin, step_end = hooks.kit_step_begin, hooks.kit_step_end
+            batch_idx = skip - 1
+            exhausted = True
+            for batch_idx, batch in enumerate(batches, start=skip):
+                state.batch_idx = batch_idx
+                state.epoch_batches = batch_idx + 1
+                if step_begin is not None:
+                    step_begin(trainer=trainer, iteration=iteration, batch_idx=batch_idx)
+                due = (batch_idx + 1) % accum == 0 or batch_idx + 1 == n_batches
+                loss = self._train_batch(batch, due)
+                if step_end is not None:
+                    step_end(trainer=trainer, iteration=iteration, batch_idx=batch_idx, loss=loss)
+                if due:  # a stop signal, or a checkpoint due by steps or seconds
+                    self._step_done(ends_iteration=batch_idx + 1 == n_batches)
+                if trainer.should_stop:
+                    exhausted = False
+                    break
+            if exhausted and n_batches is None and (batch_idx + 1) % accum:
+                self._optimizer_step()  # flush a partial accumulation
+                self._step_done(ends_iteration=False)
+            state.epoch += 1
+            state.epoch_batches = 0
+            state.phase = "end"
+            if exhausted and hooks.kit_loader_exhausted is not None:
+                hooks.kit_loader_exhausted(trainer=trainer, iteration=iteration)
+            self._log_window(record=False)
+            metrics: dict[str, float] = {}
+            epoch_loss = self._take_iteration_loss()
+            if epoch_loss is not None:
+                metrics["train/loss_epoch"] = epoch_loss
+                trainer.record("train/loss_epoch", epoch_loss, split="train")
+            self._end_iteration(iteration, metrics)
+            if trainer.should_stop:
+                break
+
+    def _fit_steps(self) -> None:
+        trainer, state = self.trainer, self.state
+        cfg = trainer.config.training
+        hooks = trainer.hooks
+        resuming = state.phase != "done"
+        first = state.iteration if resuming else state.iteration + 1
+        batches = self._batches(state.epoch_batches)
+        batch_idx = state.epoch_batches - 1
+        for iteration in range(first, cfg.iterations + 1):
+            state.iteration = iteration
+            if resuming:  # step-based checkpoints are taken after an iteration's optimizer step
+                resuming = False
+                if state.phase == "end":
+                    self._end_iteration(iteration, {})
+                    if trainer.should_stop:
+                        break
+                    continue
+            state.phase = "train"
+            if hooks.kit_iteration_begin is not None:
+                hooks.kit_iteration_begin(trainer=trainer, iteration=iteration)
+            for micro in range(cfg.grad_accum):
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    if hooks.kit_loader_exhausted is not None:
+                        hooks.kit_loader_exhausted(trainer=trainer, iteration=iteration)
+                    state.epoch += 1
+                    batches, batch_idx = self._batches(0), -1
+                    batch = next(batches)
+                batch_idx += 1
+                state.batch_idx = batch_idx
+                state.epoch_batches = batch_idx + 1
+                if hooks.kit_step_begin is not None:
+                    hooks.kit_step_begin(trainer=trainer, iteration=iteration, batch_idx=batch_idx)
+                loss = self._train_batch(batch, micro + 1 == cfg.grad_accum)
+                if hooks.kit_step_end is not None:
+                    hooks.kit_step_end(trainer=trainer, iteration=iteration, batch_idx=batch_idx,
+                                       loss=loss)
+            state.phase = "end"
+            metrics: dict[str, float] = {}
+            if not self.window:  # the optimizer step just logged
+                value = self._take_iteration_loss()
+                if value is not None:
+                    metrics["train/loss"] = value
+            self._end_iteration(iteration, metrics)
+            if trainer.should_stop:
+                break
+
+    def _end_iteration(self, iteration: int, metrics: dict[str, float]) -> None:
+        """Validation, the scheduler, a checkpoint when due, then ``kit_iteration_end``."""
+        trainer, state = self.trainer, self.state
+        self._agree()
+        if trainer.stop_signal is not None:
+            trainer.interrupt()
+        cfg = trainer.config.training
+        last = iteration == cfg.iterations or trainer.should_stop
+        val: dict[str, float] = {}
+        if trainer.val_loader is not None and (iteration % cfg.eval_frequency == 0 or last):
+            val = self.validate(iteration)
+            metrics.update({f"val/{k}": v for k, v in val.items()})
+        scheduler = trainer.scheduler
+        if scheduler is not None and trainer.config.scheduler is not None \
+                and trainer.config.scheduler.interval == "iteration":
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                if val:  # it needs a metric: the validation loss, when there is one
+                    scheduler.step(val["loss"])
+            else:
+                scheduler.step()
+        state.phase = "done"
+        saved = self._agree(save_due=trainer.checkpoint_due(end_of_iteration=True)) or trainer.should_stop
+        if saved:
+            trainer.save_checkpoint()
+        if val or saved:  # keep evaluation and checkpoint time out of step_time and throughput
+            self.logged_at, self.samples = (time.perf_counter(), state.global_step), 0
+        if trainer.hooks.kit_iteration_end is not None:
+            trainer.hooks.kit_iteration_end(trainer=trainer, iteration=iteration, metrics=metrics)
+        self._agree()
+        if trainer.stop_signal is not None:
+            trainer.interrupt()
+
+    # -- resuming -------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training losses not yet logged, so a resumed run logs what a straight one would."""
+        return {
+            "window": torch.stack(self.window) if self.window else None,
+            "iter_sum": torch.as_tensor(self.iter_sum).detach(),
+            "iter_count": self.iter_count,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.trainer.device
+        window = state.get("window")
+        self.window = list(window.to(device).unbind(0)) if window is not None else []
+        if "iter_sum" in state:
+            self.iter_sum = state["iter_sum"].to(device)
+            self.iter_count = int(state["iter_count"])
+
+    # -- evaluation -----------------------------------------------------------------
+
+    def _evaluate(self, loader: Any, split: str) -> dict[str, float]:
+        """One pass over ``loader``; results reduced over every rank.
+
+        Ranks may see different numbers of batches (an evaluation split is sharded without
+        padding, so no sample counts twice): the pass runs no collective until its end, and
+        a stop signal is checked per batch only in one process (with several, at the next
+        step boundary every rank shares).
+        """
+        trainer, backend = self.trainer, self.backend
+        model, loss_fn = trainer.model, trainer.loss_fn
+        assert model is not None and loss_fn is not None
+        begin = getattr(trainer.hooks, f"kit_{split}_step_begin")
+        end = getattr(trainer.hooks, f"kit_{split}_step_end")
+        metrics = [cls() for cls in trainer.metric_types]
+        mean_loss = MeanLoss()
+        was_training = model.training
+        model.eval()
+        with torch.inference_mode(), backend.autocast():
+            for batch_idx, batch in enumerate(loader):
+                if trainer.stop_signal is not None and not self.distributed:
+                    trainer.interrupt()
+                if begin is not None:
+                    begin(trainer=trainer, batch_idx=batch_idx)
+                inputs, targets = backend.to_device(batch[0]), backend.to_device(batch[1])
+                outputs = self.eval_forward(inputs)
+                loss = loss_fn(outputs, targets).float()
+                mean_loss.add(loss, targets.shape[0])
+                for metric in metrics:
+                    metric.update(outputs, targets)
+                if end is not None:
+                    end(trainer=trainer, batch_idx=batch_idx, loss=loss)
+        model.train(was_training)
+        if self.distributed:
+            for reducible in (mean_loss, *metrics):
+                reduce = getattr(reducible, "reduce", None)
+                if reduce is None:
+                    raise TypeError(f"metric {type(reducible).__name__} has no reduce(all_reduce) method, "
+                                    "so it cannot be combined across ranks")
+                reduce(lambda t: backend.all_reduce(t, "sum"))
+        results = {"loss": mean_loss.compute()}
+        results.update({m.name: m.compute() for m in metrics})
+        return results
+
+    def validate(self, iteration: int) -> dict[str, float]:
+        """One validation pass, firing the ``kit_val_*`` hooks and recording ``val/*``."""
+        trainer = self.trainer
+        trainer.hooks.call("kit_val_begin", trainer=trainer, iteration=iteration)
+        results = self._evaluate(trainer.val_loader, "val")
+        trainer.record_results("val", results)
+        trainer.hooks.call("kit_val_end", trainer=trainer, iteration=iteration, val_results=results)
+        return results
+
+    def test(self) -> dict[str, float]:
+        """One test pass, firing the ``kit_test_*`` hooks and recording ``test/*``."""
+        trainer = self.trainer
+        trainer.hooks.call("kit_test_begin", trainer=trainer)
+        results = self._evaluate(trainer.test_loader, "test")
+        trainer.record_results("test", results)
+        trainer.hooks.call("kit_test_end", trainer=trainer, test_results=results)
+        if self.distributed:  # a signal during the pass: every rank stops here, together
+            self._agree()
+            if trainer.stop_signal is not None:
+                trainer.interrupt()
+        return results
