@@ -72,10 +72,17 @@ class State(ABC):
             try:
                 trainer.launch()
                 trainer.build()
-                trainer.run_dir = self._open_on_rank_zero()
-                lock = RunLock(trainer.run_dir) if self.locks and trainer.is_global_zero \
-                    else contextlib.nullcontext()
-                with lock:  # rank zero's: it alone writes the run's files
+                path, shared = trainer.on_rank_zero(self._open, "open the run")
+                trainer.run_dir = run_dir = Path(path)
+                for key, value in shared.items():  # what rank zero chose, every rank adopts
+                    setattr(self, key, value)
+                with contextlib.ExitStack() as held:
+
+                    def lock() -> None:  # rank zero's: it alone writes the run's files
+                        held.enter_context(RunLock(run_dir))
+
+                    if self.locks:
+                        trainer.on_rank_zero(lock, "lock the run")
                     self.restore()
                     with trainer.session(mode=self.name, summary=self.summary):
                         self.execute()
@@ -83,38 +90,12 @@ class State(ABC):
                 trainer.teardown()
         return trainer.results
 
-    def _open_on_rank_zero(self) -> Path:
-        """Rank zero creates or finds the run directory; every rank gets its path (and
-        :attr:`shared`), or rank zero's error."""
-        from kit.errors import KitError
+    def _open(self) -> tuple[str, dict[str, Any]]:
         from kit.paths import check_run_dir  # pydantic: only once a run starts
 
-        trainer = self.trainer
-        if trainer.world_size == 1:
-            run_dir = self.open_run_dir()
-            check_run_dir(run_dir)  # no planted link may redirect the run's own writes
-            return run_dir
-        assert trainer.backend is not None
-        outcome: tuple[str | None, dict[str, Any], KitError | None] = (None, {}, None)
-        error: BaseException | None = None
-        if trainer.is_global_zero:
-            try:
-                run_dir = self.open_run_dir()
-                check_run_dir(run_dir)
-                outcome = (str(run_dir), {k: getattr(self, k) for k in self.shared}, None)
-            except BaseException as exc:
-                error = exc
-                failure = KitError(f"rank 0 could not open the run: {exc}")
-                failure.exit_code = exc.exit_code if isinstance(exc, KitError) else 1  # type: ignore[misc]
-                outcome = (None, {}, failure)
-        path, shared, told = trainer.backend.broadcast_object(outcome)
-        if error is not None:
-            raise error
-        if path is None:
-            raise told or KitError("rank 0 could not open the run")
-        for key, value in shared.items():
-            setattr(self, key, value)
-        return Path(path)
+        run_dir = self.open_run_dir()
+        check_run_dir(run_dir)  # no planted link may redirect the run's own writes
+        return str(run_dir), {key: getattr(self, key) for key in self.shared}
 
 
 class Backend:
@@ -155,8 +136,21 @@ class Backend:
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def launch(self) -> None:
-        """Join the other processes (``ddp``: the process group); before any run directory."""
+    def launch(self, trainer: Trainer) -> None:
+        """Join the other processes (``ddp``: the process group); before any run directory.
+
+        A one-process backend refuses to run under a launcher that started several, which
+        would otherwise train that many unrelated runs.
+        """
+        import os
+
+        from kit.errors import ConfigError
+
+        started = os.environ.get("WORLD_SIZE", "1")
+        if started.isdigit() and int(started) > 1:
+            raise ConfigError(f"backend {self.name or type(self).__name__} runs one process, but "
+                              f"{started} were started (torchrun)", key="backend",
+                              hint="set backend: ddp, or launch one process")
 
     def setup(self, trainer: Trainer) -> None:
         """Take the built components: precision, a grad scaler, compilation."""

@@ -12,9 +12,9 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -37,6 +37,8 @@ from kit.seed import rng_state, seed_everything, set_rng_state
 from kit.targets import resolve_target
 
 __all__ = ["STOP_SIGNALS", "Trainer"]
+
+T = TypeVar("T")
 
 STOP_SIGNALS = tuple(
     s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)) if s is not None
@@ -127,6 +129,7 @@ class Trainer:
         self.hooks = HookRelay(self.pm)
         self._logger_names = {p.name for p in config.loggers}
         self._started = 0.0
+        self._aborted = False
         self._store: CheckpointStore | None = None
         self._saved_at: tuple[int, int, str] | None = None
         self._saved_path: Path | None = None
@@ -247,13 +250,12 @@ class Trainer:
             backend_cls = self._load("kit.backends", choice.name, "backend")
             if not (isinstance(backend_cls, type) and issubclass(backend_cls, Backend)):
                 raise KitError(f"backend {choice.name!r} is not a kit.Backend: {backend_cls!r}")
-            self.backend = instantiate(backend_cls, choice.options, label=f"backend {choice.name}",
-                                       where="backend")
+            self.backend = instantiate(backend_cls, choice.options, label=f"backend.{choice.name}")
         return self.backend
 
     def launch(self) -> None:
         """Join the other ranks (the backend's launch); loggers then stay on global rank zero."""
-        self._ensure_backend().launch()
+        self._ensure_backend().launch(self)
         if not self.is_global_zero:  # decided once, here: no logger needs a rank guard
             for name, plugin in list(self.pm.list_name_plugin()):
                 if name in self._logger_names and plugin is not None:
@@ -279,6 +281,8 @@ class Trainer:
             raise ConfigError(f"the model factory returned {type(model).__name__}, not a torch.nn.Module",
                               key="model.target")
         self.model = model
+        if backend.world_size > 1:  # built alike on every rank; from here each rank draws its own
+            seed_everything(train.seed + backend.rank, deterministic=train.deterministic)
         data_factory = resolve_target(cfg.data.target, key="data.target", base_dir=base)
         data = components.call_factory(data_factory, cfg.data.kwargs, key="data")
         pin = cfg.data.pin_memory if cfg.data.pin_memory is not None else self.device.type == "cuda"
@@ -329,6 +333,7 @@ class Trainer:
                 yield
             except KeyboardInterrupt as exc:
                 self.status = "interrupted"
+                self._aborted = isinstance(exc, RunInterrupted) and exc.aborted
                 signum = exc.signum if isinstance(exc, RunInterrupted) else int(signal.SIGINT)
                 self._safe_call("kit_interrupt", trainer=self, signum=signum)
                 raise
@@ -406,6 +411,13 @@ class Trainer:
         try:
             shutdown_workers(loader for loader in (self.train_loader, self.val_loader, self.test_loader)
                              if loader is not None)
+            if self.world_size > 1 and (self.status == "finished" or (
+                    self.status == "interrupted" and not self._aborted)):
+                # every rank ended alike, at the same step: none leaves (and has the launcher
+                # stop the others) before rank zero has written the summary
+                assert self.backend is not None
+                with contextlib.suppress(RuntimeError):  # a rank that is gone already
+                    self.backend.barrier()
         finally:
             if self.backend is not None:
                 self.backend.teardown()
@@ -648,24 +660,42 @@ class Trainer:
 
     def _save_on_rank_zero(self, store: CheckpointStore, checkpoint: dict[str, Any],
                            metrics: dict[str, float]) -> Path:
-        """Rank zero commits; every rank waits for the outcome (a broadcast is the barrier), so
-        no rank runs ahead of its checkpoint, and a failed commit stops every rank."""
+        """Rank zero commits; every rank waits for the outcome (the broadcast is the barrier),
+        so no rank runs ahead of its checkpoint, and a failed commit stops every rank."""
+        def save() -> str:
+            return str(store.save(checkpoint, step=self.global_step, progress=self.progress(),
+                                  metrics=metrics))
+
+        return Path(self.on_rank_zero(save, "save a checkpoint"))
+
+    def on_rank_zero(self, fn: Callable[[], T], what: str) -> T:
+        """Run ``fn`` on global rank zero only and give every rank its result (plain data).
+
+        When it raises, rank zero raises it and every other rank raises a KitError with the
+        same exit code that points at rank zero's message, so no rank waits for a
+        collective that will never come. In one process, just ``fn()``.
+        """
+        if self.world_size == 1:
+            return fn()
         assert self.backend is not None
-        outcome: tuple[str | None, str | None] = (None, None)
+        outcome: tuple[bool, Any] = (False, None)
         error: BaseException | None = None
         if self.is_global_zero:
             try:
-                saved = store.save(checkpoint, step=self.global_step, progress=self.progress(),
-                                   metrics=metrics)
-                outcome = (str(saved), None)
-            except BaseException as exc:  # the other ranks must hear of it, then it is raised here
-                error, outcome = exc, (None, f"{type(exc).__name__}: {exc}")
-        path, problem = self.backend.broadcast_object(outcome)
+                outcome = (True, fn())
+            except BaseException as exc:  # told to the other ranks, then raised here
+                error = exc
+                outcome = (False, (f"{type(exc).__name__}: {exc}",
+                                   exc.exit_code if isinstance(exc, KitError) else 1))
+        done, value = self.backend.broadcast_object(outcome)
         if error is not None:
             raise error
-        if problem is not None or path is None:
-            raise KitError(f"rank 0 could not save a checkpoint ({problem}); its own message says why")
-        return Path(path)
+        if not done:
+            message, code = value
+            failure = KitError(f"rank 0 could not {what} ({message})")
+            failure.exit_code = code  # type: ignore[misc]  # the same as rank 0's
+            raise failure
+        return cast(T, value)
 
 
 def resolve_device(name: str) -> torch.device:
