@@ -78,6 +78,20 @@ real runs fire their hooks in exactly this order::
 Loss tensors handed to hooks are detached and stay on the device: converting one to
 a Python number forces a host sync, so do it only when you log. Hooks that nobody
 implements are never dispatched.
+
+With several processes (``backend: ddp``) every hook above fires on every rank, in this
+order, at the same steps, with ``trainer.rank``, ``trainer.world_size`` and
+``trainer.is_global_zero`` set; each rank sees its own share of the batches. Except:
+
+- ``kit_metric_recorded`` fires on global rank zero only, with values reduced over every
+  rank (train loss: the mean of the ranks' means; validation and test: over every sample).
+  Loggers are registered on global rank zero only.
+- ``metrics`` of ``kit_iteration_end`` and the results of ``kit_val_end``/``kit_test_end``
+  are those reduced values, the same on every rank; the ``loss`` of the step hooks is this
+  rank's own.
+- ``kit_checkpoint_save`` fires on every rank (each adds what it wants kept), but only
+  rank zero's ``checkpoint`` is written. Setting ``trainer.should_stop`` on any rank stops
+  every rank at the same optimizer step.
 """
 
 from __future__ import annotations

@@ -78,16 +78,18 @@ CONFORM = {
 }
 
 
-@pytest.mark.parametrize("world", [1, 2])
-def test_every_rank_fires_the_one_process_sequence_and_rank_zero_records(tmp_path: Path, world: int) -> None:
+@pytest.mark.parametrize(("world", "kind"), [(1, "epoch"), (2, "epoch"), (2, "step")])
+def test_every_rank_fires_the_one_process_sequence_and_rank_zero_records(tmp_path: Path, world: int,
+                                                                          kind: str) -> None:
     single_out, ddp_out = tmp_path / "single", tmp_path / "ddp"
-    single = config(tmp_path, "single", **CONFORM, data={"target": "tiny_task:build_data", "batch_size": 4},
-                    plugins=[probe(single_out)])
+    loop = {**CONFORM["training"], "type": kind, "iterations": 3 if kind == "epoch" else 5}
+    single = config(tmp_path, "single", **{**CONFORM, "training": loop},
+                    data={"target": "tiny_task:build_data", "batch_size": 4}, plugins=[probe(single_out)])
     validated = kit.load_config(write(tmp_path, single, "single.yaml"))
     kit.Trainer(validated, autoload=False).run()
 
     per_rank = 4 // world  # the same global batch, split over the ranks
-    ddp = config(tmp_path, "ddp", **CONFORM, backend="ddp",
+    ddp = config(tmp_path, "ddp", **{**CONFORM, "training": loop}, backend="ddp",
                  data={"target": "tiny_task:build_data", "batch_size": per_rank}, plugins=[probe(ddp_out)])
     result = torchrun("run", str(write(tmp_path, ddp)), cwd=tmp_path, nproc=world)
     assert result.returncode == 0, result.stderr[-3000:]

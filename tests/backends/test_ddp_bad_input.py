@@ -33,13 +33,18 @@ def free_port() -> int:
     (["--rdzv-endpoint", "127.0.0.1:29500"], "need --nproc-per-node"),
 ])
 def test_launch_options(write_config: Any, args: list[str], expected: str) -> None:
-    result = kit("run", str(write_config()), *args)
+    result = kit("run", str(write_config(backend="ddp")), *args)
     one_error_line(result, expected)
+
+
+def test_launching_several_processes_of_a_one_process_backend(write_config: Any) -> None:
+    result = kit("run", str(write_config()), "--nproc-per-node", "2")
+    one_error_line(result, "--nproc-per-node: backend torch runs one process (set backend: ddp")
 
 
 def test_an_endpoint_nobody_answers_on_is_one_line_after_the_wait(write_config: Any, tmp_path: Path) -> None:
     started = time.monotonic()
-    result = kit_process("run", str(write_config()), "--nproc-per-node", "1", "--nnodes", "2",
+    result = kit_process("run", str(write_config(backend="ddp")), "--nproc-per-node", "1", "--nnodes", "2",
                          "--node-rank", "1", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
                          "--rdzv-timeout", "1.5", cwd=tmp_path)
     one_error_line(result, "--rdzv-endpoint: nothing answers at 127.0.0.1:")
@@ -48,7 +53,7 @@ def test_an_endpoint_nobody_answers_on_is_one_line_after_the_wait(write_config: 
 
 
 def test_already_under_torchrun(write_config: Any, tmp_path: Path) -> None:
-    result = kit_process("run", str(write_config()), "--nproc-per-node", "2", cwd=tmp_path,
+    result = kit_process("run", str(write_config(backend="ddp")), "--nproc-per-node", "2", cwd=tmp_path,
                          env={"TORCHELASTIC_RUN_ID": "x"})
     one_error_line(result, "started by torchrun already")
 

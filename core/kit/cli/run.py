@@ -48,18 +48,22 @@ def run(state: CliState, config: Path, mode: str, backend: str | None,
     `--nproc-per-node N` (with `backend: ddp`) hands the same command to torchrun, which
     starts N processes; `torchrun --nproc-per-node N -m kit run CONFIG` is the same.
     """
-    if nproc_per_node is None and (nnodes != 1 or node_rank != 0 or rdzv_endpoint is not None):
-        from kit.errors import ConfigError
+    from kit.errors import ConfigError
 
+    if nproc_per_node is None and (nnodes != 1 or node_rank != 0 or rdzv_endpoint is not None):
         raise ConfigError("--nnodes, --node-rank and --rdzv-endpoint need --nproc-per-node",
                           key="--nproc-per-node", hint="add --nproc-per-node N (processes on this machine)")
-    if nproc_per_node is not None:
-        _hand_to_torchrun(nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_timeout)
     from kit.config import PluginConfig, load_config
+
+    cfg = load_config(config, overrides)
+    if nproc_per_node is not None:
+        if (backend or cfg.backend.name) == "torch":
+            raise ConfigError("backend torch runs one process", key="--nproc-per-node",
+                              hint="set backend: ddp (or --set backend=ddp) to train on several")
+        _hand_to_torchrun(nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_timeout)
     from kit.plugins import blame
     from kit.trainer import Trainer
 
-    cfg = load_config(config, overrides)
     listed = {p.name for p in cfg.plugins}
     cfg.plugins = [*cfg.plugins, *(PluginConfig(name=n) for n in state.enabled if n not in listed)]
     trainer = Trainer(cfg, mode=mode, backend=backend, registry=state.registry,
