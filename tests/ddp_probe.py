@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ class Probe:
         signal_rank: int = -1
         signal_at_step: int = -1
         signum: int = 9
+        mark_at_step: int = -1
+        """Rank zero creates ``<out>/marked`` at this step (a test waits for it, then signals)."""
+        step_sleep: float = 0.0
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -51,6 +55,11 @@ class Probe:
     def kit_step_end(self, trainer: Any, batch_idx: int) -> None:
         self._add(trainer, "step_end", batch_idx)
         o = self.options
+        if o.step_sleep:
+            time.sleep(o.step_sleep)
+        if trainer.is_global_zero and trainer.global_step == o.mark_at_step:
+            Path(o.out).mkdir(parents=True, exist_ok=True)
+            (Path(o.out) / "marked").touch()
         if trainer.rank == o.signal_rank and trainer.global_step == o.signal_at_step and not self.fired:
             self.fired = True
             os.kill(os.getpid(), o.signum)

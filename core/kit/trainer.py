@@ -45,6 +45,11 @@ STOP_SIGNALS = tuple(
 )
 """Signals that stop a run cleanly: finish the step, save, fire ``kit_interrupt``, exit 128+signum."""
 
+SAME_STOP_S = 5.0
+"""With several processes, a second stop signal this soon after the first is the same stop:
+a signal sent to the whole job (Ctrl-C, a scheduler) reaches each rank directly and again
+through torchrun, which forwards it. Later, a second signal aborts at once."""
+
 
 class Trainer:
     """Train, validate, test, log and checkpoint one run of a :class:`KitConfig`.
@@ -387,12 +392,17 @@ class Trainer:
             yield
             return
 
+        first_at = 0.0
+
         def on_signal(signum: int, frame: object) -> None:
+            nonlocal first_at
             if self.run_dir is None:  # still building: nothing is written, so nothing to save
                 raise RunInterrupted(signum)
             if self.stop_signal is not None:
+                if self.world_size > 1 and time.monotonic() - first_at < SAME_STOP_S:
+                    return  # the launcher forwarding what the whole job got: the same stop
                 raise RunInterrupted(signum, aborted=True)  # the second one: stop now
-            self.stop_signal = signum
+            self.stop_signal, first_at = signum, time.monotonic()
             say(f"{signal.Signals(signum).name} received: finishing the current step and saving "
                 "a checkpoint (send it again to abort at once)")
 

@@ -214,3 +214,30 @@ def test_two_nodes_on_loopback(tmp_path: Path) -> None:
     assert events(tmp_path / "out", 1)[0] == ["train_begin", 1, 2, False]
     (run_dir,) = run_dirs(tmp_path, "nodes")
     assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 2
+
+
+def test_a_signal_to_the_whole_job_is_one_clean_stop(tmp_path: Path) -> None:
+    """Ctrl-C or a scheduler signals every process: each rank gets it directly and again from
+    torchrun, which forwards it. That is one stop, with a checkpoint, not an abort."""
+    out = tmp_path / "out"
+    cfg = config(tmp_path, "job", **{**RESUME, "training": {**RESUME["training"], "iterations": 50}},
+                 plugins=[probe(out, mark_at_step=4, step_sleep=0.05)])
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "kit", "run", str(write(tmp_path, cfg)), "--nproc-per-node", "2"]
+    job = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (out / "marked").exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    (run_dir,) = run_dirs(tmp_path, "job")
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted", stderr[-3000:]
+    last_steps = set()
+    for rank in (0, 1):
+        seq = events(out, rank)
+        assert seq[-1] == ["train_end", "interrupted"] and ["interrupt", int(signal.SIGTERM)] in seq
+        last_steps.add([e for e in seq if e[0] == "step_end"][-1][3])
+    (stopped_at,) = last_steps  # every rank stopped at the same step, and it was saved
+    assert sorted((run_dir / "checkpoints").glob("step-*"))[-1].name == f"step-{stopped_at:08d}"
+    assert stderr.count("Interrupted by SIGTERM;") == 1 and "stopped at once" not in stderr, stderr[-3000:]
