@@ -38,32 +38,18 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from loop_overhead import BATCH, EpochClock, build_data, build_model  # the same model, data and clock
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler
 
 import kit
 
-__all__ = ["build_data", "build_model", "main"]
+__all__ = ["main"]
 
-N_SAMPLES = 4096
-BATCH = 32  # per rank
 LR = 1e-3
 VARIANTS = ("raw", "kit")
 LABELS = {"raw": "raw DDP loop", "kit": "kit, backend ddp, no loggers"}
-
-
-def build_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-
-
-def build_data() -> kit.Data:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(N_SAMPLES, 64, generator=g)
-    y = torch.randint(0, 10, (N_SAMPLES,), generator=g)
-    return kit.Data(train=TensorDataset(x, y))
 
 
 # -- in each torchrun worker -----------------------------------------------------------
@@ -95,34 +81,14 @@ def raw_loop(epochs: int) -> tuple[float, int]:
     return elapsed / steps * 1e6, steps
 
 
-class _Clock:
-    """Times epochs 2..N from inside kit; fires once per epoch, never per step."""
-
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-        self.start = self.end = 0.0
-        self.steps = 0
-
-    @kit.hookimpl
-    def kit_iteration_begin(self, trainer: kit.Trainer, iteration: int) -> None:
-        if iteration == 2:
-            self.start, self.steps = time.perf_counter(), trainer.global_step
-
-    @kit.hookimpl
-    def kit_loader_exhausted(self, trainer: kit.Trainer, iteration: int) -> None:
-        if iteration == self.epochs:
-            self.end = time.perf_counter()
-            self.steps = trainer.global_step - self.steps
-
-
 def kit_loop(epochs: int, runs_dir: Path) -> tuple[float, int]:
     """The same training through ``kit.Trainer`` with ``backend: ddp``; (µs per step, steps)."""
     config = kit.KitConfig.model_validate({
         "experiment": "ddp-bench",
         "runs_dir": str(runs_dir),
         "backend": "ddp",
-        "model": {"target": "ddp_overhead:build_model"},
-        "data": {"target": "ddp_overhead:build_data", "batch_size": BATCH},
+        "model": {"target": "loop_overhead:build_model"},
+        "data": {"target": "loop_overhead:build_data", "batch_size": BATCH},
         "task": {"metrics": []},
         "optimizer": {"name": "adam", "lr": LR},
         "training": {"iterations": epochs, "save_frequency": epochs, "device": "cpu",
@@ -130,7 +96,7 @@ def kit_loop(epochs: int, runs_dir: Path) -> tuple[float, int]:
         "loggers": [],
     })
     config.base_dir = Path(__file__).resolve().parent
-    clock = _Clock(epochs)
+    clock = EpochClock(epochs)
     with contextlib.redirect_stdout(io.StringIO()):
         kit.Trainer(config, plugins=[clock], autoload=False).run()
     return (clock.end - clock.start) / clock.steps * 1e6, clock.steps

@@ -77,6 +77,12 @@ class Loop:
         trainer.should_stop = bool(stop)
         return bool(due)
 
+    def _stop_if_signalled(self) -> None:
+        """Agree with the other ranks, then stop (saving) when any of them caught a signal."""
+        self._agree()
+        if self.trainer.stop_signal is not None:
+            self.trainer.interrupt()
+
     def _step_done(self, *, ends_iteration: bool) -> None:
         """After an optimizer step: handle a stop signal, or save when due by steps or time.
 
@@ -308,9 +314,7 @@ class Loop:
     def _end_iteration(self, iteration: int, metrics: dict[str, float]) -> None:
         """Validation, the scheduler, a checkpoint when due, then ``kit_iteration_end``."""
         trainer, state = self.trainer, self.state
-        self._agree()
-        if trainer.stop_signal is not None:
-            trainer.interrupt()
+        self._stop_if_signalled()
         cfg = trainer.config.training
         last = iteration == cfg.iterations or trainer.should_stop
         val: dict[str, float] = {}
@@ -333,9 +337,7 @@ class Loop:
             self.logged_at, self.samples = (time.perf_counter(), state.global_step), 0
         if trainer.hooks.kit_iteration_end is not None:
             trainer.hooks.kit_iteration_end(trainer=trainer, iteration=iteration, metrics=metrics)
-        self._agree()
-        if trainer.stop_signal is not None:
-            trainer.interrupt()
+        self._stop_if_signalled()
 
     # -- resuming -------------------------------------------------------------------
 
@@ -417,7 +419,5 @@ class Loop:
         trainer.record_results("test", results)
         trainer.hooks.call("kit_test_end", trainer=trainer, test_results=results)
         if self.distributed:  # a signal during the pass: every rank stops here, together
-            self._agree()
-            if trainer.stop_signal is not None:
-                trainer.interrupt()
+            self._stop_if_signalled()
         return results

@@ -30,7 +30,7 @@ from kit.loop import Loop
 from kit.metrics import Metric, MetricKind, MetricRecord, Split
 from kit.plugins import HookRelay, Isolated, PluginChoice, Registry, get_plugin_manager
 from kit.plugins.manager import instantiate
-from kit.report import say
+from kit.report import say, warn
 from kit.rundir import write_json
 from kit.runstate import Best, Phase, RunState
 from kit.seed import rng_state, seed_everything, set_rng_state
@@ -573,8 +573,6 @@ class Trainer:
                 f"{self.world_size}: resuming would not be exact", key="--nproc-per-node",
                 hint=f"launch {saved} processes, or pass --allow-config-change (the resumed run will "
                      "not match an uninterrupted one bitwise)")
-        from kit.report import warn
-
         warn(f"resuming a {saved}-process checkpoint with {self.world_size} processes "
              "(--allow-config-change): the data order and random draws will differ from an "
              "uninterrupted run")

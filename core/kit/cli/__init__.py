@@ -19,6 +19,7 @@ import click
 from kit._version import __version__
 from kit.errors import DiskFullError, KitError, PluginError, disk_full, validation_message
 from kit.plugins.discovery import EntryPointSpec, Registry
+from kit.report import launched_rank
 
 __all__ = ["CliState", "KitCliError", "KitGroup", "main"]
 
@@ -53,19 +54,13 @@ def _is_validation_error(exc: BaseException) -> bool:
     return pydantic is not None and isinstance(exc, pydantic.ValidationError)
 
 
-def _rank() -> int:
-    """This process's global rank under torchrun (0 otherwise)."""
-    rank = os.environ.get("RANK", "0")
-    return int(rank) if rank.isdigit() else 0
-
-
 def _user_error(exc: BaseException) -> NoReturn:
     if isinstance(exc, PluginError):  # the plugin's own frames: what its author can act on
         click.echo(f"Traceback from {exc.label}'s {exc.hook} (kit's frames: `kit --debug …`):\n"
                    f"{exc.frames}", err=True)
     if isinstance(exc, KitError):
         # click.ClickException is ``Error: …`` with exit code 1: a failed run, not bad input
-        where = f"rank {_rank()}: " if _rank() else ""  # with several processes, which one
+        where = f"rank {launched_rank()}: " if launched_rank() else ""  # with several processes, which one
         raise (KitCliError if exc.exit_code == KitCliError.exit_code else click.ClickException)(
             where + str(exc)) from exc
     errors = exc.errors()  # type: ignore[attr-defined]
@@ -137,7 +132,7 @@ class KitGroup(click.Group):
             saved = getattr(exc, "checkpoint", None)
             how = " again: stopped at once, the last checkpoint is kept" if getattr(exc, "aborted", False) \
                 else ""
-            if _rank() == 0:  # every rank stopped alike; rank zero says so
+            if launched_rank() == 0:  # every rank stopped alike; rank zero says so
                 click.echo(f"Interrupted by {signal.Signals(signum).name}{how}"
                            + (f"; checkpoint saved at {saved}" if saved else "")
                            + ("; resume with --mode continue" if saved or how else "."), err=True)
