@@ -91,7 +91,9 @@ order, at the same steps, with ``trainer.rank``, ``trainer.world_size`` and
   rank's own.
 - ``kit_checkpoint_save`` fires on every rank (each adds what it wants kept), but only
   rank zero's ``checkpoint`` is written. Setting ``trainer.should_stop`` on any rank stops
-  every rank at the same optimizer step.
+  every rank at the same optimizer step: at once when set at an epoch's end or after a
+  validation, otherwise at the ranks' next agreement, within about 0.2 s of training
+  (``kit.loop.AGREE_EVERY_S``).
 """
 
 from __future__ import annotations

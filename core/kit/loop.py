@@ -9,8 +9,9 @@ backward, the optimizer step and collectives, and never asks which backend it is
 Written for small steps: each hook is resolved once (``None`` when nobody implements
 it); losses stay on the device in a short list that is reduced, and synced, only every
 ``log_every_n_steps`` optimizer steps. With more than one rank, the ranks agree on
-stopping and on time-based saves at optimizer-step boundaries (one tiny CPU all-reduce)
-so every rank stops, and saves, at the same step.
+stopping and on time-based saves, so every rank stops and saves at the same step: at the
+end of each epoch, validating iteration and the run, and inside iterations about every
+:data:`AGREE_EVERY_S` seconds (a small all-reduce; see :meth:`Loop._agree`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ if TYPE_CHECKING:
     from kit.runstate import RunState
     from kit.trainer import Trainer
 
-__all__ = ["Loop"]
+__all__ = ["AGREE_EVERY_S", "Loop"]
+
+AGREE_EVERY_S = 0.2
+"""Inside an iteration, ranks agree on stops and timed saves about this often (in seconds
+of training), or at every optimizer step when one takes longer."""
 
 
 def _skips(loader: Any) -> bool:
@@ -56,45 +61,84 @@ class Loop:
         self.iter_count = 0
         self.samples = 0  # since the last log, for throughput
         self.logged_at = (time.perf_counter(), self.state.global_step)
+        # several ranks only: what they agreed on, and when they next agree (see _agree)
+        self._stop, self._signal = False, 0
+        self._agree_at = self.state.global_step + 1
+        self._agreed_at = self.logged_at
 
-    # -- stopping -------------------------------------------------------------------
+    # -- stopping and timed saves, agreed across ranks -----------------------------
 
-    def _agree(self, *, save_due: bool = False) -> bool:
-        """Make every rank see the same stop signal, ``should_stop`` and ``save_due``.
+    @property
+    def stopping(self) -> bool:
+        """Whether the loop stops here: ``trainer.should_stop`` in one process; with several,
+        only once every rank has agreed on it (:meth:`_agree`), so all stop at one step."""
+        return self.trainer.should_stop if not self.distributed else self._stop
 
-        One process: nothing to agree on. Several: one MAX all-reduce of three small
-        integers on the CPU, so a signal caught, or a stop asked for, on any rank stops
-        every rank at this step. Returns ``save_due`` as agreed.
+    @property
+    def signalled(self) -> bool:
+        """Whether to stop on a signal here: as caught in one process; with several, once
+        every rank has agreed that one of them caught it."""
+        return self.trainer.stop_signal is not None if not self.distributed else self._signal != 0
+
+    def _agree(self, *, now: bool) -> bool:
+        """Agree with the other ranks on a stop signal, ``should_stop`` and a time-based save.
+
+        Returns whether a save by ``checkpoint.every_n_seconds`` is due; afterwards
+        :attr:`signalled` and :attr:`stopping` hold what every rank agreed on. One process
+        has nothing to agree on. Several MAX-reduce four numbers (the signal, the stop, the
+        save, this rank's seconds per step), so a signal caught or a stop asked for on any
+        rank stops every rank at the same step.
+
+        ``now=True`` always agrees (the end of an epoch, of a validating iteration and of the
+        run). Otherwise, at an optimizer step inside an iteration, the ranks agree only at
+        the step they chose last time: about :data:`AGREE_EVERY_S` of the slowest rank's
+        steps later, and at the next step while steps take longer than that. A collective
+        costs about a millisecond on CPU, as much as a small step; this bounds its share to
+        about one percent while a signal still takes effect within a fraction of a second.
         """
         trainer = self.trainer
         if not self.distributed:
-            return save_due
-        flags = torch.tensor([trainer.stop_signal or 0, int(trainer.should_stop), int(save_due)])
-        self.backend.all_reduce(flags, "max")
-        signum, stop, due = (int(v) for v in flags.tolist())
-        if signum and trainer.stop_signal is None:
-            trainer.stop_signal = signum
-        trainer.should_stop = bool(stop)
+            return trainer.checkpoint_due_by_time()
+        step = self.state.global_step
+        if not now and step < self._agree_at:
+            return False
+        since, step0 = self._agreed_at
+        step_s = (time.perf_counter() - since) / (step - step0) if step > step0 else 0.0
+        flags = torch.tensor([trainer.stop_signal or 0, int(trainer.should_stop),
+                              int(trainer.checkpoint_due_by_time()), step_s], dtype=torch.float64)
+        signum, stop, due, slowest = self.backend.all_reduce(flags, "max").tolist()
+        # the same numbers on every rank, so the same next step
+        self._agree_at = step + (max(1, int(AGREE_EVERY_S / slowest)) if slowest > 0 else 1)
+        self._agreed_at = (time.perf_counter(), step)
+        if signum and not self._signal:
+            self._signal = int(signum)
+            if trainer.stop_signal is None:  # caught on another rank: this rank exits with it too
+                trainer.stop_signal = self._signal
+        if stop:
+            self._stop = trainer.should_stop = True
         return bool(due)
 
     def _stop_if_signalled(self) -> None:
-        """Agree with the other ranks, then stop (saving) when any of them caught a signal."""
-        self._agree()
-        if self.trainer.stop_signal is not None:
+        """Agree with the other ranks now, then stop (saving) when any of them caught a signal."""
+        self._agree(now=True)
+        if self.signalled:
             self.trainer.interrupt()
 
     def _step_done(self, *, ends_iteration: bool) -> None:
         """After an optimizer step: handle a stop signal, or save when due by steps or time.
 
         A save due on a step that ends the iteration waits for the iteration's end, so one
-        checkpoint covers both.
+        checkpoint covers both; that end agrees with the other ranks itself.
         """
         trainer = self.trainer
-        due = not ends_iteration and trainer.checkpoint_due(end_of_iteration=False)
-        due = self._agree(save_due=due)
-        if trainer.stop_signal is not None:
+        if ends_iteration:
+            if self.signalled:
+                trainer.interrupt()
+            return
+        timed = self._agree(now=False)
+        if self.signalled:
             trainer.interrupt()
-        if due:
+        if timed or trainer.checkpoint_due(end_of_iteration=False):
             trainer.save_checkpoint()
 
     # -- one batch ------------------------------------------------------------------
@@ -215,7 +259,7 @@ class Loop:
             if resuming and state.phase == "end":  # trained; its validation and end were cut short
                 resuming = False
                 self._end_iteration(iteration, {})
-                if trainer.should_stop:
+                if self.stopping:
                     break
                 continue
             skip = state.epoch_batches if resuming else 0
@@ -242,7 +286,7 @@ class Loop:
                     step_end(trainer=trainer, iteration=iteration, batch_idx=batch_idx, loss=loss)
                 if due:  # a stop signal, or a checkpoint due by steps or seconds
                     self._step_done(ends_iteration=batch_idx + 1 == n_batches)
-                if trainer.should_stop:
+                if self.stopping:
                     exhausted = False
                     break
             if exhausted and n_batches is None and (batch_idx + 1) % accum:
@@ -260,7 +304,7 @@ class Loop:
                 metrics["train/loss_epoch"] = epoch_loss
                 trainer.record("train/loss_epoch", epoch_loss, split="train")
             self._end_iteration(iteration, metrics)
-            if trainer.should_stop:
+            if self.stopping:
                 break
 
     def _fit_steps(self) -> None:
@@ -277,7 +321,7 @@ class Loop:
                 resuming = False
                 if state.phase == "end":
                     self._end_iteration(iteration, {})
-                    if trainer.should_stop:
+                    if self.stopping:
                         break
                     continue
             state.phase = "train"
@@ -308,17 +352,27 @@ class Loop:
                 if value is not None:
                     metrics["train/loss"] = value
             self._end_iteration(iteration, metrics)
-            if trainer.should_stop:
+            if self.stopping:
                 break
 
     def _end_iteration(self, iteration: int, metrics: dict[str, float]) -> None:
-        """Validation, the scheduler, a checkpoint when due, then ``kit_iteration_end``."""
+        """Validation, the scheduler, a checkpoint when due, then ``kit_iteration_end``.
+
+        With several ranks, the end of an epoch, of an iteration that validates and of the
+        last iteration agree, so a stop asked for there (early stopping on a validation
+        metric) holds at once, as in one process. The other ends of a step-based run, one
+        per optimizer step, agree on :meth:`_agree`'s schedule.
+        """
         trainer, state = self.trainer, self.state
-        self._stop_if_signalled()
         cfg = trainer.config.training
-        last = iteration == cfg.iterations or trainer.should_stop
+        validates = trainer.val_loader is not None and iteration % cfg.eval_frequency == 0
+        wait = cfg.type == "epoch" or validates or iteration == cfg.iterations or self.stopping
+        timed = self._agree(now=wait)  # a signal while training: stop before validating
+        if self.signalled:
+            trainer.interrupt()
+        last = iteration == cfg.iterations or self.stopping
         val: dict[str, float] = {}
-        if trainer.val_loader is not None and (iteration % cfg.eval_frequency == 0 or last):
+        if trainer.val_loader is not None and (validates or last):
             val = self.validate(iteration)
             metrics.update({f"val/{k}": v for k, v in val.items()})
         scheduler = trainer.scheduler
@@ -330,14 +384,17 @@ class Loop:
             else:
                 scheduler.step()
         state.phase = "done"
-        saved = self._agree(save_due=trainer.checkpoint_due(end_of_iteration=True)) or trainer.should_stop
+        if wait:
+            timed = self._agree(now=True)
+        saved = timed or trainer.checkpoint_due(end_of_iteration=True) or self.stopping
         if saved:
             trainer.save_checkpoint()
         if val or saved:  # keep evaluation and checkpoint time out of step_time and throughput
             self.logged_at, self.samples = (time.perf_counter(), state.global_step), 0
         if trainer.hooks.kit_iteration_end is not None:
             trainer.hooks.kit_iteration_end(trainer=trainer, iteration=iteration, metrics=metrics)
-        self._stop_if_signalled()
+        if wait:
+            self._stop_if_signalled()
 
     # -- resuming -------------------------------------------------------------------
 

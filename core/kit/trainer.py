@@ -612,25 +612,19 @@ class Trainer:
             self._next_save_time = time.monotonic() + cfg.every_n_seconds
 
     def checkpoint_due(self, *, end_of_iteration: bool) -> bool:
-        """Whether a checkpoint is due now: by steps, by seconds, or (at an iteration's end) by
-        ``save_frequency`` and at the last iteration."""
-        if self.global_step >= self._next_save_step or time.monotonic() >= self._next_save_time:
+        """Whether a checkpoint is due by the step count, or (at an iteration's end) by
+        ``save_frequency`` and at the last iteration: the same answer on every rank."""
+        if self.global_step >= self._next_save_step:
             return True
         if not end_of_iteration:
             return False
         train = self.config.training
         return self.iteration % train.save_frequency == 0 or self.iteration >= train.iterations
 
-    def step_done(self, *, ends_iteration: bool = False) -> None:
-        """The backend's call after every optimizer step: handle a stop signal or a due save.
-
-        A save due on a step that ends the iteration waits for the iteration's end
-        (``checkpoint_due``), so one checkpoint covers both.
-        """
-        if self.stop_signal is not None:
-            self.interrupt()
-        if not ends_iteration and self.checkpoint_due(end_of_iteration=False):
-            self.save_checkpoint()
+    def checkpoint_due_by_time(self) -> bool:
+        """Whether ``checkpoint.every_n_seconds`` have passed: each rank's own clock, which
+        is why the loop makes the ranks agree on it."""
+        return time.monotonic() >= self._next_save_time
 
     def save_checkpoint(self) -> Path | None:
         """Let plugins add their state, then commit a checkpoint; a state already saved is not

@@ -166,7 +166,10 @@ def test_sigkill_of_one_rank_then_continue_is_bitwise_identical(tmp_path: Path) 
 
 
 def test_a_signal_on_one_rank_stops_every_rank_at_one_step_with_one_checkpoint(tmp_path: Path) -> None:
-    sigterm = probe(tmp_path / "out", signal_rank=1, signal_at_step=5, signum=int(signal.SIGTERM))
+    # Steps slower than kit.loop.AGREE_EVERY_S: the ranks agree after every optimizer step, so
+    # a signal caught at step 5 stops every rank right after it.
+    sigterm = probe(tmp_path / "out", signal_rank=1, signal_at_step=5, signum=int(signal.SIGTERM),
+                    step_sleep=0.25)
     cfg = config(tmp_path, "signal", **RESUME, plugins=[sigterm])
     path = write(tmp_path, cfg)
     result = torchrun("run", str(path), cwd=tmp_path)
