@@ -44,3 +44,4 @@ class WrongArgs:
 
 class NotAState:
     pass
+

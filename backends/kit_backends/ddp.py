@@ -77,10 +77,8 @@ class DDPBackend(kit.Backend):
     def launch(self, trainer: Trainer) -> None:
         rank, world, local = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK")
         if rank is None or world is None:
-            from kit.report import say
-
-            say("backend ddp outside torchrun: one process (launch several with "
-                "`kit run CFG --nproc-per-node N` or `torchrun --nproc-per-node N -m kit run CFG`)")
+            kit.say("backend ddp outside torchrun: one process (launch several with "
+                    "`kit run CFG --nproc-per-node N` or `torchrun --nproc-per-node N -m kit run CFG`)")
             return
         self.rank, self.world_size, self.local_rank = rank, world, local or 0
         self._cuda = self._wants_cuda(trainer.config.training.device)

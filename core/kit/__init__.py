@@ -3,6 +3,10 @@
 Importing ``kit`` is cheap: it loads kit's exceptions and nothing else. Every other
 name (pluggy's markers, the interfaces, ``Trainer`` with torch, the config models with
 pydantic) loads on first use, so ``kit --help`` pays only for what it shows.
+
+``__all__`` is kit's whole public surface. A plugin, kit's own ``kit_backends`` and
+``kit_contrib`` included, imports only these names (``import kit`` / ``from kit import
+NAME``), never a submodule such as ``kit.states``; ``tests/test_meta.py`` enforces it.
 """
 
 from __future__ import annotations
@@ -28,8 +32,11 @@ if TYPE_CHECKING:
     from kit.metrics import Metric, MetricRecord
     from kit.paths import RunPath, run_path
     from kit.plugins import HookRelay, PluginChoice, Registry, get_plugin_manager
+    from kit.report import say, warn
     from kit.rundir import atomic_write, write_json
+    from kit.states import ContinueTraining, EvaluateOnly, TrainNew
     from kit.targets import resolve_target
+    from kit.torchfile import load_torch_file
     from kit.trainer import Trainer
 
 __all__ = [
@@ -37,8 +44,10 @@ __all__ = [
     "CheckpointError",
     "CheckpointFormat",
     "ConfigError",
+    "ContinueTraining",
     "Data",
     "EpochSampler",
+    "EvaluateOnly",
     "HookRelay",
     "KitConfig",
     "KitError",
@@ -51,6 +60,7 @@ __all__ = [
     "RunPath",
     "State",
     "TargetError",
+    "TrainNew",
     "Trainer",
     "__version__",
     "atomic_write",
@@ -58,8 +68,11 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "load_config",
+    "load_torch_file",
     "resolve_target",
     "run_path",
+    "say",
+    "warn",
     "write_json",
 ]
 
@@ -85,6 +98,15 @@ _LAZY = {
     "resolve_target": "kit.targets",
     "RunPath": "kit.paths",
     "run_path": "kit.paths",
+    # the built-in modes a plugin's mode subclasses: a new run, a resumed one, an evaluation
+    "TrainNew": "kit.states",
+    "ContinueTraining": "kit.states",
+    "EvaluateOnly": "kit.states",
+    # kit's one voice on stderr, so a plugin's notices read like kit's and come from rank zero once
+    "say": "kit.report",
+    "warn": "kit.report",
+    # torch.load(weights_only=True) with kit's zip-bomb check and one-line refusals, for formats
+    "load_torch_file": "kit.torchfile",
 }
 
 

@@ -48,8 +48,9 @@ from kit.manifest import (
     step_order,
 )
 from kit.report import warn
-from kit.rundir import fsync_dir, write_json
+from kit.rundir import fsync, write_json
 from kit.runlock import pid_alive
+from kit.runstate import Progress
 from kit.torchfile import TRUST_DOCS, TorchFormat, load_torch_file
 
 __all__ = [
@@ -104,16 +105,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _written_files(folder: Path, fmt: CheckpointFormat) -> list[Path]:
-    """What ``fmt`` wrote into ``folder``: regular files only, or a CheckpointError naming the format."""
+def _written_files(folder: Path, name: str) -> list[Path]:
+    """What format ``name`` wrote into ``folder``: regular files only, or a CheckpointError naming it."""
     files = []
     with os.scandir(folder) as entries:
         for entry in entries:
@@ -121,18 +114,18 @@ def _written_files(folder: Path, fmt: CheckpointFormat) -> list[Path]:
                 what = "the reserved name" if entry.name == MANIFEST else \
                     "a symlink" if entry.is_symlink() else "a folder" if entry.is_dir() else "a special file"
                 raise CheckpointError(
-                    f"checkpoint format {fmt.name!r} wrote {what} {show_name(entry.name)} into its folder; "
+                    f"checkpoint format {name!r} wrote {what} {show_name(entry.name)} into its folder; "
                     "a format may write only regular files, directly in its folder",
-                    hint=f"fix the {fmt.name!r} format, or choose another with checkpoint.format")
+                    hint=f"fix the {name!r} format, or choose another with checkpoint.format")
             files.append(Path(entry.path))
     return sorted(files)
 
 
-def _seal(folder: Path, fmt: CheckpointFormat) -> dict[str, dict[str, Any]]:
+def _seal(folder: Path, name: str) -> dict[str, dict[str, Any]]:
     """fsync and hash every file of ``folder`` concurrently; returns the manifest's ``files``."""
-    files = _written_files(folder, fmt)
+    files = _written_files(folder, name)
     with ThreadPoolExecutor(max_workers=max(2, 2 * len(files))) as pool:
-        synced = [pool.submit(_fsync, p) for p in files]
+        synced = [pool.submit(fsync, p) for p in files]
         hashed = {p.name: pool.submit(_sha256, p) for p in files}
         for future in synced:
             future.result()
@@ -154,11 +147,13 @@ def _clear(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def commit(final: Path, fmt: CheckpointFormat, checkpoint: dict[str, Any], meta: dict[str, Any]) -> Path:
+def commit(final: Path, fmt: CheckpointFormat, checkpoint: dict[str, Any], meta: dict[str, Any], *,
+           name: str) -> Path:
     """Write ``checkpoint`` through ``fmt`` as the folder ``final``, crash-safe, manifest last.
 
-    ``meta`` goes into the manifest beside ``format``, ``kit_version``, ``created`` and
-    ``files``. ``final`` must not exist yet. The staging folder's name is new for every
+    ``meta`` goes into the manifest beside ``format`` (``name``: the format's name as it
+    was chosen, which is how a later load finds it again), ``kit_version``, ``created``
+    and ``files``. ``final`` must not exist yet. The staging folder's name is new for every
     attempt (a random token and the pid), so a crashed writer's leftover, even one of a
     process that had the same pid (PID 1 in every container), never blocks a save. A
     folder that cannot be written (permissions, a read-only file system, a name too long)
@@ -176,8 +171,8 @@ def commit(final: Path, fmt: CheckpointFormat, checkpoint: dict[str, Any], meta:
         raise _unwritable(final.parent, exc) from None
     try:
         fmt.save(checkpoint, staging)
-        files = _seal(staging, fmt)
-        fsync_dir(staging)
+        files = _seal(staging, name)
+        fsync(staging)
         os.rename(staging, final)
     except Exception as exc:
         full = disk_full(exc) is None and _out_of_space(staging)
@@ -190,8 +185,8 @@ def commit(final: Path, fmt: CheckpointFormat, checkpoint: dict[str, Any], meta:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    fsync_dir(final.parent)
-    write_json(final / MANIFEST, {**meta, "format": fmt.name, "kit_version": __version__,
+    fsync(final.parent)
+    write_json(final / MANIFEST, {**meta, "format": name, "kit_version": __version__,
                                   "created": time.time(), "files": files})
     return final
 
@@ -250,16 +245,20 @@ class CheckpointStore:
         folder: Path,
         fmt: CheckpointFormat,
         *,
+        name: str | None = None,
         retention: Retention | None = None,
         resolve: Callable[[str], CheckpointFormat] | None = None,
     ) -> None:
         self.folder = folder
         self.format = fmt
+        self.format_name = name or fmt.name
+        if not self.format_name:
+            raise ValueError(f"{type(fmt).__qualname__} has no name: pass the name it was chosen by")
         self.retention = retention or Retention()
         self._resolve = resolve
 
     def format_named(self, name: str) -> CheckpointFormat:
-        if name == self.format.name:
+        if name == self.format_name:
             return self.format
         if self._resolve is None:
             raise CheckpointError(f"checkpoint format {name!r} is not available here")
@@ -308,7 +307,7 @@ class CheckpointStore:
         return manifest
 
     @staticmethod
-    def _read(fmt: CheckpointFormat, folder: Path, map_location: Any) -> dict[str, Any]:
+    def _read(fmt: CheckpointFormat, name: str, folder: Path, map_location: Any) -> dict[str, Any]:
         """``fmt.load``; whatever it raises (a format is not written for hostile files) is a
         CheckpointError, except a missing import, which no checkpoint is at fault for."""
         try:
@@ -316,9 +315,9 @@ class CheckpointStore:
         except (CheckpointError, PluginLoadError):
             raise
         except ImportError as exc:
-            raise PluginLoadError(f"checkpoint format {fmt.name!r}", exc) from exc
+            raise PluginLoadError(f"checkpoint format {name!r}", exc) from exc
         except Exception as exc:
-            raise CheckpointError(f"checkpoint {show_name(folder)} cannot be loaded as {fmt.name!r}: "
+            raise CheckpointError(f"checkpoint {show_name(folder)} cannot be loaded as {name!r}: "
                                   f"{type(exc).__name__}: {reason(exc)}") from exc
 
     def load(self, folder: Path, *, map_location: Any = "cpu", verify: bool = True,
@@ -336,12 +335,12 @@ class CheckpointStore:
         fmt = self._format_of(folder, manifest)
         manifest = checked_manifest(folder)
         if not verify:
-            data = self._read(fmt, folder, map_location)
+            data = self._read(fmt, manifest["format"], folder, map_location)
         else:
             with ThreadPoolExecutor(max_workers=1) as pool:
                 hashed = pool.submit(self._check_hashes, folder, manifest)
                 try:
-                    data = self._read(fmt, folder, map_location)
+                    data = self._read(fmt, manifest["format"], folder, map_location)
                 except CheckpointError:
                     hashed.result()  # corruption, when found, explains a failed load best
                     raise
@@ -397,7 +396,7 @@ class CheckpointStore:
         checkpoint: dict[str, Any],
         *,
         step: int,
-        progress: Mapping[str, Any] | None = None,
+        progress: Progress | None = None,
         metrics: Mapping[str, float] | None = None,
     ) -> Path:
         """Commit ``checkpoint`` as the newest one, then apply retention.
@@ -413,7 +412,7 @@ class CheckpointStore:
                 raise
             raise _unwritable(self.folder, exc) from None
         monitor = self.retention.monitor
-        final = commit(self.folder / name, self.format, checkpoint, {
+        final = commit(self.folder / name, self.format, checkpoint, name=self.format_name, meta={
             "step": step,
             "progress": dict(progress or {}),
             "metrics": dict(metrics or {}),

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from kit.config import OptimizerConfig, SchedulerConfig, TaskConfig
-from kit.errors import ConfigError
+from kit.errors import ConfigError, first_line
 from kit.metrics import Accuracy, Metric
 from kit.targets import resolve_target
 
@@ -81,8 +81,8 @@ def _build_builtin(cls: Any, name: str, kwargs: Mapping[str, Any], *, key: str, 
     try:
         return call_factory(cls, kwargs, key=key, **given)
     except (TypeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"torch's {cls.__name__} rejected these options: {first}", key=f"{key}.kwargs",
+        raise ConfigError(f"torch's {cls.__name__} rejected these options: {first_line(exc)}",
+                          key=f"{key}.kwargs",
                           hint="fix the values") from None
 
 

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from kit.errors import ConfigError, validation_message
+from kit.errors import ConfigError, first_line, validation_message
 
 __all__ = [
     "CheckpointConfig",
@@ -273,7 +273,7 @@ def _read(path: Path) -> dict[str, Any]:
             data = _yaml_load(text)
     except Exception as exc:  # yaml and toml raise their own trees
         mark = getattr(exc, "problem_mark", None)
-        detail = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+        detail = getattr(exc, "problem", None) or first_line(exc)
         where = f", line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"cannot parse {path}{where}: {detail}", hint="fix the file's syntax") from None
     if data is None:

@@ -23,6 +23,7 @@ __all__ = [
     "RunLockedError",
     "TargetError",
     "disk_full",
+    "first_line",
     "validation_message",
 ]
 
@@ -158,3 +159,13 @@ def validation_message(error: Mapping[str, Any]) -> str:
     if isinstance(value, dict | list) or len(shown) > 60:
         return str(error["msg"])
     return f"{error['msg']} (got {shown})"
+
+
+def first_line(exc: BaseException, *, typed: bool = False) -> str:
+    """The first line of ``exc``'s message (its type's name when it has none), so an error
+    from a library fits kit's one-line report; ``typed`` puts ``TypeName: `` in front."""
+    text = exc.msg if isinstance(exc, SyntaxError) and exc.msg else str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    if not line:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {line}" if typed else line

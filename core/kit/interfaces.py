@@ -142,13 +142,12 @@ class Backend:
         A one-process backend refuses to run under a launcher that started several, which
         would otherwise train that many unrelated runs.
         """
-        import os
-
+        from kit.env import launched
         from kit.errors import ConfigError
 
-        started = os.environ.get("WORLD_SIZE", "1")
-        if started.isdigit() and int(started) > 1:
-            raise ConfigError(f"backend {self.name or type(self).__name__} runs one process, but "
+        started = launched("WORLD_SIZE") or 1
+        if started > 1:
+            raise ConfigError(f"backend {trainer.config.backend.name} runs one process, but "
                               f"{started} were started (torchrun)", key="backend",
                               hint="set backend: ddp, or launch one process")
 
@@ -275,12 +274,21 @@ class CheckpointFormat(ABC):
     a staging name next to the final one; it fsyncs and hashes the files, renames the
     folder into place and writes the manifest last, so a format never has to think
     about crashes. :meth:`load` must never execute code from the files.
+
+    The dict holds the keys of :class:`kit.checkpoint_content.Checkpoint` and whatever
+    plugins added; a format writes all of it and gives it back as it was. Both methods
+    use a plain ``dict[str, Any]``: what :meth:`load` returns is unchecked data from
+    disk (kit checks it with ``check_kit_checkpoint`` afterwards), and a format that
+    treats the dict as opaque needs no kit type.
     """
 
     name: ClassVar[str] = ""
 
     @abstractmethod
-    def save(self, checkpoint: dict[str, Any], folder: Path) -> None: ...
+    def save(self, checkpoint: dict[str, Any], folder: Path) -> None:
+        """Write ``checkpoint`` (a :class:`~kit.checkpoint_content.Checkpoint`, plus plugins'
+        keys) as regular files directly in ``folder``."""
 
     @abstractmethod
-    def load(self, folder: Path, *, map_location: Any = "cpu") -> dict[str, Any]: ...
+    def load(self, folder: Path, *, map_location: Any = "cpu") -> dict[str, Any]:
+        """Read back what :meth:`save` wrote, tensors on ``map_location``; never run code from it."""

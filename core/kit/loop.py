@@ -20,7 +20,7 @@ import itertools
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -416,7 +416,7 @@ class Loop:
 
     # -- evaluation -----------------------------------------------------------------
 
-    def _evaluate(self, loader: Any, split: str) -> dict[str, float]:
+    def _evaluate(self, loader: Any, split: Literal["val", "test"]) -> dict[str, float]:
         """One pass over ``loader``; results reduced over every rank.
 
         Ranks may see different numbers of batches (an evaluation split is sharded without
@@ -427,8 +427,9 @@ class Loop:
         trainer, backend = self.trainer, self.backend
         model, loss_fn = trainer.model, trainer.loss_fn
         assert model is not None and loss_fn is not None
-        begin = getattr(trainer.hooks, f"kit_{split}_step_begin")
-        end = getattr(trainer.hooks, f"kit_{split}_step_end")
+        hooks = trainer.hooks
+        begin, end = (hooks.kit_val_step_begin, hooks.kit_val_step_end) if split == "val" else \
+            (hooks.kit_test_step_begin, hooks.kit_test_step_end)
         metrics = [cls() for cls in trainer.metric_types]
         mean_loss = MeanLoss()
         was_training = model.training
@@ -462,19 +463,25 @@ class Loop:
     def validate(self, iteration: int) -> dict[str, float]:
         """One validation pass, firing the ``kit_val_*`` hooks and recording ``val/*``."""
         trainer = self.trainer
-        trainer.hooks.call("kit_val_begin", trainer=trainer, iteration=iteration)
+        hooks = trainer.hooks
+        if hooks.kit_val_begin is not None:
+            hooks.kit_val_begin(trainer=trainer, iteration=iteration)
         results = self._evaluate(trainer.val_loader, "val")
         trainer.record_results("val", results)
-        trainer.hooks.call("kit_val_end", trainer=trainer, iteration=iteration, val_results=results)
+        if hooks.kit_val_end is not None:
+            hooks.kit_val_end(trainer=trainer, iteration=iteration, val_results=results)
         return results
 
     def test(self) -> dict[str, float]:
         """One test pass, firing the ``kit_test_*`` hooks and recording ``test/*``."""
         trainer = self.trainer
-        trainer.hooks.call("kit_test_begin", trainer=trainer)
+        hooks = trainer.hooks
+        if hooks.kit_test_begin is not None:
+            hooks.kit_test_begin(trainer=trainer)
         results = self._evaluate(trainer.test_loader, "test")
         trainer.record_results("test", results)
-        trainer.hooks.call("kit_test_end", trainer=trainer, test_results=results)
+        if hooks.kit_test_end is not None:
+            hooks.kit_test_end(trainer=trainer, test_results=results)
         if self.distributed:  # a signal during the pass: every rank stops here, together
             self._stop_if_signalled()
         return results

@@ -74,6 +74,8 @@ class _Required(TypedDict):
     created: float
     step: int
     progress: dict[str, Any]
+    """The checkpoint's :class:`~kit.runstate.Progress` as written; read back, it is only
+    checked to be an object of limited nesting, so its values are untrusted."""
     metrics: dict[str, float]
     monitor: Monitor | None
     files: dict[str, FileEntry]

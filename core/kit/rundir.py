@@ -17,7 +17,7 @@ __all__ = [
     "MAX_READ",
     "atomic_write",
     "create_run_dir",
-    "fsync_dir",
+    "fsync",
     "read_json",
     "read_regular",
     "write_json",
@@ -28,12 +28,14 @@ MAX_READ = 16 << 20
 """The largest file kit reads whole from a run directory (a summary, a manifest, a config)."""
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or a new file in ``folder`` durable."""
+def fsync(path: Path) -> None:
+    """Make a file's content, or a rename or a new file in a folder, durable."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders
-        return
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if path.is_dir():  # some platforms cannot open folders
+            return
+        raise
     try:
         os.fsync(fd)
     finally:
@@ -59,7 +61,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    fsync(path.parent)
     return path
 
 

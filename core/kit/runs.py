@@ -14,7 +14,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, get_args
 
 import yaml
 
@@ -23,10 +23,12 @@ from kit.manifest import reason, show_name, sound_manifests
 from kit.report import warn
 from kit.rundir import read_json, read_regular
 from kit.runlock import lock_held
+from kit.runstate import ListedStatus
 
 __all__ = ["RunInfo", "find_run", "latest_run", "list_runs", "run_info"]
 
 _ID = re.compile(r"(.*?)(?:-([0-9]{1,9}))?", re.DOTALL)
+_STATUSES: Final[tuple[ListedStatus, ...]] = get_args(ListedStatus)
 
 
 def _order(path: Path) -> tuple[str, int]:
@@ -95,7 +97,7 @@ def find_run(runs_dir: Path, experiment: str, requested: Path | None, *, mode: s
 @dataclass(frozen=True)
 class RunInfo:
     path: Path
-    status: str
+    status: ListedStatus
     """``running``, ``finished``, ``interrupted``, ``failed`` or ``crashed``."""
     iteration: int | None
     iterations: int | None
@@ -159,9 +161,10 @@ def _configured_iterations(run_dir: Path) -> int | None:
     return _whole(training.get("iterations")) if isinstance(training, dict) else None
 
 
-def _status(run_dir: Path, summary: dict[str, Any]) -> str:
+def _status(run_dir: Path, summary: dict[str, Any]) -> ListedStatus:
     """``running`` while a process holds the run's lock, ``crashed`` when its holder died
-    without releasing it (or nothing says how it ended), else what ``summary.json`` says."""
+    without releasing it (or nothing says how it ended: no summary, or a status in it that
+    is not one of kit's), else what ``summary.json`` says."""
     try:
         held = lock_held(run_dir)
     except OSError:  # a run.lock nobody can take (a folder, say): it says nothing
@@ -169,7 +172,7 @@ def _status(run_dir: Path, summary: dict[str, Any]) -> str:
     if held is not None:
         return "running" if held else "crashed"
     status = summary.get("status")
-    return status if isinstance(status, str) and status.isidentifier() else "crashed"
+    return status if isinstance(status, str) and status in _STATUSES else "crashed"
 
 
 def _outdated(summary: dict[str, Any], step: int | None, progress: dict[str, Any]) -> bool:

@@ -197,8 +197,8 @@ def _finished(run: Path, iterations: int) -> bool:
 class EvaluateOnly(State):
     """Validate and test a checkpoint (``--checkpoint best|last|PATH``); never trains or saves.
 
-    Results are printed as a table and written to ``evaluate-<checkpoint>.json`` in the
-    run directory (for a PATH outside any run, in a new folder under
+    Results are returned (``kit run`` prints them as a table) and written to
+    ``evaluate-<checkpoint>.json`` in the run directory (for a PATH outside any run, in a new folder under
     ``runs/<experiment>/evaluations/``, which ``continue`` and ``auto`` never pick up).
     """
 
@@ -262,6 +262,7 @@ class EvaluateOnly(State):
         elif checkpoint is None:
             checkpoint = store.load(self.folder, check=check_kit_checkpoint)
         trainer.load_state_dict(checkpoint, resume=False)
+        trainer.last_checkpoint = self.folder
 
     def execute(self) -> None:
         trainer = self.trainer
@@ -272,8 +273,6 @@ class EvaluateOnly(State):
             trainer.test()
         if not trainer.is_global_zero:
             return
-        print(f"{self.folder.name} (iteration {trainer.iteration}, step {trainer.global_step})")
-        print(format_results(trainer.results))
         write_json(trainer.run_dir / f"evaluate-{self.folder.name}.json", {
             "checkpoint": str(self.folder), "iteration": trainer.iteration,
             "global_step": trainer.global_step, "results": trainer.results,

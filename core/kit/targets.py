@@ -8,7 +8,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from kit.errors import TargetError
+from kit.errors import TargetError, first_line
 
 __all__ = ["resolve_target"]
 
@@ -31,11 +31,6 @@ def _evict_foreign(module_name: str, base_dir: Path) -> None:
         del sys.modules[name]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = exc.msg if isinstance(exc, SyntaxError) and exc.msg else str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
 def _origin(exc: BaseException) -> str:
     """`` at FILE:LINE`` of the innermost frame outside Python's import machinery."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename]
@@ -56,8 +51,9 @@ def resolve_target(target: str, *, key: str, base_dir: Path | None = None) -> An
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name is None or not (module_name == exc.name or module_name.startswith(f"{exc.name}.")):
-            raise TargetError(f"importing {module_name!r} failed{_origin(exc)}: {_first_line(exc)}",
-                              key=key, hint="install what it imports, or fix the import") from exc
+            detail = first_line(exc, typed=True)
+            raise TargetError(f"importing {module_name!r} failed{_origin(exc)}: {detail}", key=key,
+                              hint="install what it imports, or fix the import") from exc
         where = f" (searched {base_dir} and the installed packages)" if base_dir else ""
         raise TargetError(
             f"cannot import {module_name!r}{where}: {exc}",
@@ -65,7 +61,7 @@ def resolve_target(target: str, *, key: str, base_dir: Path | None = None) -> An
             hint="check the module path before the colon",
         ) from None
     except Exception as exc:  # the module itself raised while importing: name where
-        raise TargetError(f"importing {module_name!r} raised {_first_line(exc)}{_origin(exc)}",
+        raise TargetError(f"importing {module_name!r} raised {first_line(exc, typed=True)}{_origin(exc)}",
                           key=key, hint="fix the module; `kit --debug` shows the traceback") from exc
     for part in attr.split("."):
         try:

@@ -21,10 +21,19 @@ import torch
 from kit import components
 from kit._version import __version__
 from kit.checkpoint import CheckpointStore, Retention, check_kit_checkpoint
+from kit.checkpoint_content import Checkpoint
 from kit.config import BackendConfig, KitConfig
 from kit.configdiff import flatten
 from kit.data import build_loaders, shutdown_workers
-from kit.errors import CheckpointError, ConfigError, DiskFullError, KitError, RunInterrupted, disk_full
+from kit.errors import (
+    CheckpointError,
+    ConfigError,
+    DiskFullError,
+    KitError,
+    RunInterrupted,
+    disk_full,
+    first_line,
+)
 from kit.interfaces import Backend, CheckpointFormat, State
 from kit.loop import Loop
 from kit.metrics import Metric, MetricKind, MetricRecord, Split
@@ -32,7 +41,7 @@ from kit.plugins import HookRelay, Isolated, PluginChoice, Registry, get_plugin_
 from kit.plugins.manager import instantiate
 from kit.report import say, warn
 from kit.rundir import write_json
-from kit.runstate import Best, Phase, RunState
+from kit.runstate import Best, Phase, Progress, RunState, RunStatus
 from kit.seed import rng_state, seed_everything, set_rng_state
 from kit.targets import resolve_target
 
@@ -85,7 +94,8 @@ class Trainer:
             config = config.model_copy(update={"backend": BackendConfig(name=backend)})
         self.config = config
         self.mode = mode
-        self.registry = registry if registry is not None else Registry.from_environment()
+        blocked = tuple(blocked)  # -p no:package[entry] leaves that one entry point out everywhere
+        self.registry = (registry if registry is not None else Registry.from_environment()).without(blocked)
         self._extra_plugins = tuple(plugins)
         self._autoload = autoload
         self._blocked = tuple(blocked)
@@ -102,7 +112,7 @@ class Trainer:
         """Set when SIGTERM, SIGINT or SIGUSR1 arrives; the loops then save and stop."""
         self.trains = True
         """Whether the running mode trains (a signal then saves a checkpoint first)."""
-        self.status = "pending"
+        self.status: RunStatus = "pending"
         """``running``, then ``finished``, ``failed`` or ``interrupted``."""
         self.results: dict[str, Any] = {}
         """Final results by split: ``{"val": {…}, "test": {…}}``."""
@@ -136,7 +146,7 @@ class Trainer:
         self._started = 0.0
         self._aborted = False
         self._store: CheckpointStore | None = None
-        self._saved_at: tuple[int, int, str] | None = None
+        self._saved_at: tuple[int, int, Phase] | None = None
         self._saved_path: Path | None = None
         self._monitored: tuple[float, int] | None = None
         self._next_save_step = math.inf
@@ -231,18 +241,12 @@ class Trainer:
         self.pm.register(plugin, name=name)
         self.hooks.refresh()
 
-    def _load(self, group: str, name: str, key: str) -> Any:
-        try:
-            spec = self.registry.find(group, name)
-        except KitError as exc:
-            raise ConfigError(exc.message, key=key, hint=exc.hint) from None
-        return spec.load()
 
     # -- the run --------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
         """Run the chosen mode; returns ``trainer.results``."""
-        state_cls = self._load("kit.states", self.mode, "--mode")
+        state_cls = self.registry.load("kit.states", self.mode, key="--mode")
         if not (isinstance(state_cls, type) and issubclass(state_cls, State)):
             raise KitError(f"mode {self.mode!r} is not a kit.State subclass: {state_cls!r}")
         self._ensure_backend()  # fail on a bad name before any run directory exists
@@ -252,7 +256,7 @@ class Trainer:
     def _ensure_backend(self) -> Backend:
         if self.backend is None:
             choice = self.config.backend
-            backend_cls = self._load("kit.backends", choice.name, "backend")
+            backend_cls = self.registry.load("kit.backends", choice.name, key="backend")
             if not (isinstance(backend_cls, type) and issubclass(backend_cls, Backend)):
                 raise KitError(f"backend {choice.name!r} is not a kit.Backend: {backend_cls!r}")
             self.backend = instantiate(backend_cls, choice.options, label=f"backend.{choice.name}")
@@ -332,7 +336,8 @@ class Trainer:
         self._arm_periodic_saves()
         try:
             try:
-                self.hooks.call("kit_train_begin", trainer=self)
+                if self.hooks.kit_train_begin is not None:
+                    self.hooks.kit_train_begin(trainer=self)
                 if self.stop_signal is not None:  # it came during start-up: stop before any step
                     self.interrupt()
                 yield
@@ -340,16 +345,22 @@ class Trainer:
                 self.status = "interrupted"
                 self._aborted = isinstance(exc, RunInterrupted) and exc.aborted
                 signum = exc.signum if isinstance(exc, RunInterrupted) else int(signal.SIGINT)
-                self._safe_call("kit_interrupt", trainer=self, signum=signum)
+                with self._hook_may_fail("kit_interrupt"):
+                    if self.hooks.kit_interrupt is not None:
+                        self.hooks.kit_interrupt(trainer=self, signum=signum)
                 raise
             except BaseException as exc:
                 self.status = "failed"
-                self._safe_call("kit_exception", trainer=self, error=exc)
+                with self._hook_may_fail("kit_exception"):
+                    if self.hooks.kit_exception is not None:
+                        self.hooks.kit_exception(trainer=self, error=exc)
                 raise
             else:
                 self.status = "finished"
             finally:
-                self._safe_call("kit_train_end", trainer=self)
+                with self._hook_may_fail("kit_train_end"):
+                    if self.hooks.kit_train_end is not None:
+                        self.hooks.kit_train_end(trainer=self)
         except Exception as exc:
             self.status = "failed"
             self._finish(mode, summary, failed=True)
@@ -438,10 +449,11 @@ class Trainer:
         path = self.save_checkpoint() if self.trains else None
         raise RunInterrupted(self.stop_signal, str(path) if path else None)
 
-    def _safe_call(self, name: str, **kwargs: Any) -> None:
-        """Fire a hook on the way out; a failing plugin must not hide the original error."""
+    @contextlib.contextmanager
+    def _hook_may_fail(self, name: str) -> Iterator[None]:
+        """Around a hook fired on the way out: a failing plugin must not hide the original error."""
         try:
-            self.hooks.call(name, **kwargs)
+            yield
         except Exception as exc:
             if self.status == "finished":
                 raise
@@ -500,12 +512,12 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------
 
-    def progress(self) -> dict[str, Any]:
+    def progress(self) -> Progress:
         """Where the run stands, as plain data (a checkpoint's ``progress``)."""
         self.state.world_size = self.world_size
         return self.state.to_dict()
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> Checkpoint:
         """Everything needed to resume, in types ``torch.load(weights_only=True)`` accepts.
 
         A collective with several ranks (every rank calls it): each rank's RNG state is
@@ -514,7 +526,7 @@ class Trainer:
         assert self.model is not None and self.optimizer is not None and self.backend is not None
         assert self.loop is not None
         rng = rng_state()
-        checkpoint = {
+        checkpoint: Checkpoint = {
             "kit": {"version": __version__, "format": 3},
             "progress": self.progress(),
             "model": self.model.state_dict(),
@@ -538,7 +550,7 @@ class Trainer:
         """
         assert self.model is not None and self.optimizer is not None and self.backend is not None
         assert self.loop is not None
-        progress = checkpoint["progress"]
+        progress: Progress = checkpoint["progress"]
         if resume:
             self._check_world_size(int(progress.get("world_size", 1)))
         try:
@@ -556,12 +568,12 @@ class Trainer:
                 ranks = checkpoint.get("rng_ranks") or []
                 set_rng_state(ranks[self.rank] if self.rank < len(ranks) else checkpoint["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(
-                f"the checkpoint does not fit this model or run: {type(exc).__name__}: {first}",
+                f"the checkpoint does not fit this model or run: {first_line(exc, typed=True)}",
                 hint="check model.target and model.kwargs against the run's config.yaml") from exc
         self._saved_at = self.state.key()
-        self.hooks.call("kit_checkpoint_load", trainer=self, checkpoint=checkpoint)
+        if self.hooks.kit_checkpoint_load is not None:
+            self.hooks.kit_checkpoint_load(trainer=self, checkpoint=checkpoint)
 
     def _check_world_size(self, saved: int) -> None:
         """An exact resume needs the world size the checkpoint was taken with."""
@@ -586,7 +598,7 @@ class Trainer:
         if self._store is None or self._store.folder != folder:
             cfg = self.config.checkpoint
             self._store = CheckpointStore(
-                folder, self.checkpoint_format,
+                folder, self.checkpoint_format, name=cfg.format,
                 retention=Retention(keep_last=cfg.keep_last, keep_best=cfg.keep_best,
                                     monitor=cfg.monitor, mode=cfg.mode),
                 resolve=self._format_named,
@@ -596,12 +608,14 @@ class Trainer:
     def read_checkpoint(self, path: Path) -> dict[str, Any]:
         """Load any committed checkpoint (a folder, or a file in it), verified, in whatever
         registered format its manifest names; for modes that start from another run."""
+        name = self.config.checkpoint.format
         store = self.checkpoints or CheckpointStore(
-            path.parent, self._format_named(self.config.checkpoint.format), resolve=self._format_named)
+            path.parent, self._format_named(name), name=name, resolve=self._format_named)
         return store.load(path, check=check_kit_checkpoint)
 
     def _format_named(self, name: str) -> CheckpointFormat:
-        format_cls: type[CheckpointFormat] = self._load("kit.checkpoint_formats", name, "checkpoint.format")
+        format_cls: type[CheckpointFormat] = self.registry.load("kit.checkpoint_formats", name,
+                                                                    key="checkpoint.format")
         return format_cls()
 
     def _arm_periodic_saves(self) -> None:
@@ -648,8 +662,10 @@ class Trainer:
             best = self.best["value"] if self.best else None
             if best is None or (value < best if mode == "min" else value > best):
                 self.state.best = {"name": monitor, "mode": mode, "value": value, "step": self.global_step}
-        checkpoint = self.state_dict()
-        self.hooks.call("kit_checkpoint_save", trainer=self, checkpoint=checkpoint)
+        # the same dict, open: plugins may add to it and formats write whatever it holds
+        checkpoint = cast(dict[str, Any], self.state_dict())
+        if self.hooks.kit_checkpoint_save is not None:
+            self.hooks.kit_checkpoint_save(trainer=self, checkpoint=checkpoint)
         if self.world_size == 1:
             path = store.save(checkpoint, step=self.global_step, progress=self.progress(), metrics=metrics)
         else:

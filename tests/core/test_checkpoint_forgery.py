@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 import torch
 from blocking import in_thread
+from clitools import kit as cli
+from clitools import one_error_line
 
 import kit.checkpoint
 from kit.checkpoint import MANIFEST, CheckpointStore, Retention, TorchFormat, check_kit_checkpoint
@@ -46,7 +48,8 @@ def kit_state(step: int, **changes: Any) -> dict[str, Any]:
         "backend": {"name": "torch", "state": {}},
         "progress": {"iteration": step, "global_step": step, "epoch": step, "epoch_batches": 0,
                      "phase": "done", "best": {"name": "val/loss", "mode": "min", "value": 0.5,
-                                               "step": step}},
+                                               "step": step}, "world_size": 1},
+        "loop": {"window": None, "iter_sum": torch.tensor(0.0), "iter_count": 0},
         "rng": rng_state(),
         "config": {"training": {"iterations": 3}},
         "results": {"val": {"loss": 0.5, "accuracy": 1}},
@@ -247,7 +250,48 @@ def holds_itself() -> list[Any]:
 
 
 PY = rng_state()["python"]
+RESUME: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], str]] = {
+    "rng_ranks python state 2**64": (
+        lambda c: {"rng_ranks": [{**c["rng"], "python": [3, [2**64] * 625, None]}]},
+        "rng_ranks[0]['python'] is not a state of Python's random module"),
+    "rng_ranks a dict": (lambda c: {"rng_ranks": {0: c["rng"]}}, "'rng_ranks' is not a list"),
+    "loop a list": (lambda c: {"loop": [1]}, "'loop' is not a dict"),
+    "loop window a list": (lambda c: {"loop": {**c["loop"], "window": [0.5]}},
+                           "loop['window'] is not None or a 1-d floating-point tensor"),
+    "loop window 0-d": (lambda c: {"loop": {**c["loop"], "window": torch.tensor(0.5)}},
+                        "loop['window'] is not None or a 1-d floating-point tensor"),
+    "loop iter_sum a float": (lambda c: {"loop": {**c["loop"], "iter_sum": 0.5}},
+                              "loop['iter_sum'] is not a 0-d floating-point tensor"),
+    "loop iter_sum of 3 values": (lambda c: {"loop": {**c["loop"], "iter_sum": torch.zeros(3)}},
+                                  "loop['iter_sum'] is not a 0-d floating-point tensor"),
+    "loop iter_count 1.5": (lambda c: {"loop": {**c["loop"], "iter_count": 1.5}},
+                            "loop['iter_count'] is not a whole number from 0 to 2**63-1"),
+    "world_size 0": (lambda c: {"progress": {**c["progress"], "world_size": 0}},
+                     "progress['world_size'] is not a whole number from 1 to 2**63-1"),
+    "world_size a string": (lambda c: {"progress": {**c["progress"], "world_size": "two"}},
+                            "progress['world_size'] is not a whole number from 1 to 2**63-1"),
+}
+"""Forgeries that passed the check once and then crashed the resume (or slipped through it):
+each ``(changes to a real checkpoint, the check's reason)``."""
+
+
+def many_ranks(state: dict[str, Any]) -> dict[str, Any]:
+    """75,000 entries sharing one RNG state (a small file), the last one bad: each list is
+    checked once, not once per entry."""
+    good = rng_state()
+    return {**state, "rng_ranks": [{**good} for _ in range(75_000)] + [
+        {**good, "python": [3, [2**64] * 625, None]}]}
+
+
 NOT_KIT: dict[str, tuple[Any, str]] = {
+    **{name: (kit_state(2, **change(kit_state(2))), expected) for name, (change, expected) in RESUME.items()},
+    "rng_ranks entry a number": (kit_state(2, rng_ranks=[rng_state(), 1]), "rng_ranks[1] is not a dict"),
+    "rng_ranks entry cuda a list of floats": (kit_state(2, rng_ranks=[{**rng_state(), "cuda": [1.0]}]),
+                                             "rng_ranks[0]['cuda'] is not a list of uint8 tensors"),
+    "75,000 rng_ranks sharing one state": (many_ranks(kit_state(2)),
+                                           "rng_ranks[75000]['python'] is not a state"),
+    "world_size 2**64": (kit_state(2, progress={**kit_state(2)["progress"], "world_size": 2**64}),
+                         "progress['world_size'] is not a whole number from 1 to 2**63-1"),
     "epoch 2**64": (kit_state(2, progress={**kit_state(2)["progress"], "epoch": 2**64}),
                     "progress['epoch'] is not a whole number from 0 to 2**63-1"),
     "global_step -1": (kit_state(2, progress={**kit_state(2)["progress"], "global_step": -1}),
@@ -329,6 +373,13 @@ ACCEPTED: dict[str, dict[str, Any]] = {
     "no numpy, no cuda": kit_state(2, rng={"python": PY, "torch": rng_state()["torch"]}),
     "a scheduler and a plugin's state": kit_state(2, scheduler={"last_epoch": 3},
                                                   plugins={"ema": {"decay": 0.9}}),
+    "two processes, losses not yet logged": kit_state(
+        2, progress={**kit_state(2)["progress"], "world_size": 2}, rng_ranks=[rng_state(), rng_state()],
+        loop={"window": torch.tensor([0.5, 0.25]), "iter_sum": torch.tensor(1.0, dtype=torch.float64),
+              "iter_count": 4}),
+    "no loop, no world_size (an older kit)": {
+        **{k: v for k, v in kit_state(2).items() if k != "loop"},
+        "progress": {k: v for k, v in kit_state(2)["progress"].items() if k != "world_size"}},
     "nested 64 levels in all": kit_state(2, plugins={"x": json.loads("[" * 62 + "]" * 62)}),
 }
 
@@ -349,6 +400,44 @@ def test_the_check_is_fast_on_a_large_model(tmp_path: Path) -> None:
     started = time.perf_counter()
     check_kit_checkpoint(state, tmp_path)
     assert time.perf_counter() - started < 1.0
+
+
+# -- the same forgeries in a real resume -------------------------------------------------------
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", RESUME)
+def test_continue_skips_a_forged_checkpoint_and_refuses_a_run_of_only_forged_ones(
+    case: str, tmp_path: Path, write_config: Any
+) -> None:
+    config = str(write_config())
+    assert cli("run", config).exit_code == 0
+    (run,) = (tmp_path / "runs" / "tiny").iterdir()
+    older, newest = sorted((run / "checkpoints").iterdir())
+    good = (older / "checkpoint.pt").read_bytes()
+    change, expected = RESUME[case]
+    for folder in (older, newest):
+        checkpoint = torch.load(folder / "checkpoint.pt", weights_only=True)
+        torch.save({**checkpoint, **change(checkpoint)}, folder / "checkpoint.pt")
+        reseal(folder)
+    skipped = [f"kit: warning: skipping checkpoint {folder} is not a kit checkpoint: {expected}"
+               for folder in (newest, older)]
+
+    before = snapshot(run)
+    refused = cli("run", config, "--mode", "continue", "--set", "training.iterations=3")
+    one_error_line(refused, f"run {run} has checkpoints, but none can be resumed from", notices=True)
+    assert kit_warnings(refused.stderr) == skipped
+    assert snapshot(run) == before  # nothing truncated, pruned or restarted
+
+    (older / "checkpoint.pt").write_bytes(good)
+    reseal(older)
+    resumed = cli("run", config, "--mode", "continue", "--set", "training.iterations=3")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert kit_warnings(resumed.stderr) == skipped[:1]
+    assert f"kit: continuing {run} from {older.name} (iteration 1" in resumed.stderr
 
 
 # -- valid(): every usable checkpoint in turn ------------------------------------------------

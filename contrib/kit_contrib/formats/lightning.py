@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 import torch
 
 import kit
-from kit.checkpoint import load_torch_file
 
 __all__ = ["LightningFormat"]
 
@@ -61,7 +60,7 @@ class LightningFormat(kit.CheckpointFormat):
             torch.save(ckpt, fh)
 
     def load(self, folder: Path, *, map_location: Any = "cpu") -> dict[str, Any]:
-        data = load_torch_file(folder / self.filename, map_location=map_location)
+        data = kit.load_torch_file(folder / self.filename, map_location=map_location)
         try:
             state = data["state_dict"]
             out = dict(data["kit"])

@@ -8,7 +8,6 @@ one line on stderr and exit code 2 (``--debug`` shows the traceback instead).
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -16,7 +15,9 @@ from typing import Any, NoReturn
 
 import click
 
+from kit import report
 from kit._version import __version__
+from kit.env import DEBUG, flag
 from kit.errors import DiskFullError, KitError, PluginError, disk_full, validation_message
 from kit.plugins.discovery import EntryPointSpec, Registry
 from kit.report import launched_rank
@@ -37,6 +38,7 @@ class CliState:
     """What the group's options hand to every command (``ctx.obj``)."""
 
     debug: bool = False
+    quiet: bool = False
     blocked: list[str] = field(default_factory=list)
     enabled: list[str] = field(default_factory=list)
     _registry: Registry | None = None
@@ -157,14 +159,23 @@ def _parse_plugin_flags(values: tuple[str, ...]) -> tuple[list[str], list[str]]:
 
 @click.group(cls=KitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kit", message="%(prog)s %(version)s")
-@click.option("--debug", is_flag=True, envvar="KIT_DEBUG",
-              help="Show full tracebacks instead of one-line errors.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors (or set "
+              "KIT_DEBUG=1).")
 @click.option("-p", "plugin_flags", multiple=True, metavar="NAME",
-              help="Load plugin NAME even with autoload off; `-p no:NAME` blocks it. Repeatable.")
+              help="Load plugin NAME even with autoload off; `-p no:NAME` blocks it, `-p "
+                   "no:PACKAGE[NAME]` only that package's. Repeatable.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Only warnings and errors: no notices, no console logger.")
 @click.pass_context
-def main(ctx: click.Context, debug: bool, plugin_flags: tuple[str, ...]) -> None:
+def main(ctx: click.Context, debug: bool, plugin_flags: tuple[str, ...], quiet: bool) -> None:
     """kit: train, validate, test, log and checkpoint PyTorch models, all through plugins."""
     blocked, enabled = _parse_plugin_flags(plugin_flags)
     state = ctx.ensure_object(CliState)
-    state.debug = debug or os.environ.get("KIT_DEBUG", "") not in ("", "0")
+    state.debug = debug or flag(DEBUG)
+    state.quiet = quiet
+    if quiet:
+        report.quiet()
+        ctx.call_on_close(lambda: report.quiet(False))  # the logger outlives one command in-process
     state.blocked, state.enabled = blocked, enabled
+    if any("[" in name for name in blocked):  # -p no:package[entry]: choose between two packages
+        state._registry = state.registry.without(blocked)

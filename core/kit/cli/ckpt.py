@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from kit.cli import CliState
-from kit.errors import CheckpointError, ConfigError, KitError, disk_full
+from kit.errors import CheckpointError, ConfigError, disk_full
 from kit.manifest import Manifest, read_manifest, reason, show_name
 
 __all__ = ["ckpt"]
@@ -22,11 +22,7 @@ def ckpt() -> None:
 
 
 def _format(state: CliState, name: str, key: str) -> Any:
-    try:
-        spec = state.registry.find("kit.checkpoint_formats", name)
-    except KitError as exc:
-        raise ConfigError(exc.message, key=key, hint=exc.hint) from None
-    return spec.load()()
+    return state.registry.load("kit.checkpoint_formats", name, key=key)()
 
 
 def _open(state: CliState, path: Path) -> tuple[Path, Manifest, dict[str, Any]]:
@@ -165,8 +161,9 @@ def convert(state: CliState, path: Path, target: str, output: Path | None) -> No
     _check_output(output, folder)
     meta: dict[str, Any] = {"step": manifest["step"], "progress": manifest["progress"],
                             "metrics": manifest["metrics"], "monitor": manifest["monitor"]}
-    commit(output, fmt, data, {**meta, "converted_from": str(folder)})  # a folder it cannot write
-    click.echo(f"wrote {show_name(output)} ({target})")                  # in is a CheckpointError
+    # a folder it cannot write in is a CheckpointError
+    commit(output, fmt, data, {**meta, "converted_from": str(folder)}, name=target)
+    click.echo(f"wrote {show_name(output)} ({target})")
 
 
 def _check_output(output: Path, source: Path) -> None:

@@ -66,16 +66,24 @@ def run(state: CliState, config: Path, mode: str, backend: str | None,
 
     listed = {p.name for p in cfg.plugins}
     cfg.plugins = [*cfg.plugins, *(PluginConfig(name=n) for n in state.enabled if n not in listed)]
+    blocked = [*state.blocked, "console"] if state.quiet else state.blocked
     trainer = Trainer(cfg, mode=mode, backend=backend, registry=state.registry,
-                      blocked=state.blocked, run_dir=run_dir, checkpoint=checkpoint,
+                      blocked=blocked, run_dir=run_dir, checkpoint=checkpoint,
                       allow_config_change=allow_config_change)
     try:
-        trainer.run()
+        results = trainer.run()
     except Exception as exc:  # a plugin's failure is named with its hook, above its own frames
         blamed = blame(exc, trainer.pm)
         if blamed is None:
             raise
         raise blamed from exc
+    if not trainer.trains and results and trainer.is_global_zero:  # evaluate: its results are its output
+        from kit.states import format_results
+
+        if trainer.last_checkpoint is not None:
+            click.echo(f"{trainer.last_checkpoint.name} (iteration {trainer.iteration}, "
+                       f"step {trainer.global_step})")
+        click.echo(format_results(results))
 
 
 def _hand_to_torchrun(nproc_per_node: int, nnodes: int, node_rank: int, rdzv_endpoint: str | None,

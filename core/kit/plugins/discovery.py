@@ -26,7 +26,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from kit.errors import KitError, PluginLoadError, PluginNotFoundError
+from kit.env import DISABLE_AUTOLOAD, flag
+from kit.errors import ConfigError, KitError, PluginLoadError, PluginNotFoundError
 
 __all__ = [
     "AUTOLOAD_ENV",
@@ -36,13 +37,12 @@ __all__ = [
     "autoload_enabled",
 ]
 
-AUTOLOAD_ENV = "KIT_DISABLE_PLUGIN_AUTOLOAD"
-"""Set to ``1`` to stop ``kit.plugins`` entry points from loading unless selected."""
+AUTOLOAD_ENV = DISABLE_AUTOLOAD
 
 
 def autoload_enabled() -> bool:
     """Whether ``kit.plugins`` entry points load in every run (``AUTOLOAD_ENV`` unset or ``0``)."""
-    return os.environ.get(AUTOLOAD_ENV, "") in ("", "0")
+    return not flag(AUTOLOAD_ENV)
 
 
 GROUPS: tuple[str, ...] = (
@@ -308,6 +308,12 @@ class Registry:
     def names(self, group: str) -> list[str]:
         return sorted({spec.name for spec in self.group(group)})
 
+    def without(self, labels: Iterable[str]) -> Registry:
+        """This registry less the entry points named ``package[entry]`` in ``labels``: how
+        ``-p no:package[entry]`` chooses between two packages that provide one name."""
+        drop = set(labels)
+        return Registry((spec for spec in self.specs if spec.label not in drop), self._installed)
+
     def find(self, group: str, name: str) -> EntryPointSpec:
         """The one entry point called ``name`` in ``group``, or a clear error."""
         matches = [spec for spec in self.group(group) if spec.name == name]
@@ -315,7 +321,7 @@ class Registry:
             owners = ", ".join(spec.label for spec in matches)
             raise KitError(
                 f"{len(matches)} packages provide {group} {name!r}: {owners}",
-                hint="uninstall one of them",
+                hint=f"uninstall one, or leave one out with `kit -p no:{matches[-1].label} …`",
             )
         if not matches:
             available = self.names(group)
@@ -325,9 +331,33 @@ class Registry:
             raise PluginNotFoundError(f"unknown {_KIND[group]} {name!r}", hint=hint)
         return matches[0]
 
-    def load(self, group: str, name: str) -> Any:
-        return self.find(group, name).load()
+    def load(self, group: str, name: str, *, key: str | None = None) -> Any:
+        """Import the entry point chosen as ``name``: the one way kit turns a name into a plugin.
 
+        A name that no package, or more than one, provides is a :class:`ConfigError` at
+        ``key`` (the config key or option that chose it). A plugin is known everywhere by
+        the name it was chosen by; a class whose own ``name`` attribute says otherwise (a
+        mode, backend or checkpoint format) is refused here, naming both, rather than
+        written into a manifest under a name no registry knows.
+        """
+        try:
+            spec = self.find(group, name)
+        except KitError as exc:
+            if key is None:
+                raise
+            raise ConfigError(exc.message, key=key, hint=exc.hint) from None
+        loaded = spec.load()
+        declared = getattr(loaded, "name", "") if group in _NAMED and isinstance(loaded, type) else ""
+        if isinstance(declared, str) and declared and declared != name:
+            raise KitError(
+                f"{_KIND[group]} {spec.label} is the class {loaded.__qualname__}, whose name "
+                f"attribute is {declared!r}: one plugin, two names",
+                hint=f"set its name = {name!r}, or leave name out and kit uses {name!r}")
+        return loaded
+
+
+_NAMED = frozenset({"kit.states", "kit.backends", "kit.checkpoint_formats"})
+"""The groups whose interfaces (State, Backend, CheckpointFormat) carry a ``name`` attribute."""
 
 _KIND = {
     "kit.states": "mode",

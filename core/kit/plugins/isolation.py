@@ -11,12 +11,12 @@ A full disk is not the logger's failure but the run's: it ends the run
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from typing import Any
 
-from kit.errors import DiskFullError, disk_full
+from kit.errors import DiskFullError, disk_full, first_line
 from kit.markers import PROJECT
+from kit.report import warn
 
 __all__ = ["Isolated"]
 
@@ -54,11 +54,8 @@ class Isolated:
                 if full is not None:  # not this logger's fault: the whole run is out of disk
                     raise DiskFullError(full.filename or f"{self.label}'s output") from exc
                 self.failure = f"{hook}: {type(exc).__name__}: {exc}"
-                print(
-                    f"kit: {self.label} failed in {hook} ({type(exc).__name__}: {exc}); "
-                    "disabled for the rest of the run (set `strict: true` to make this fatal)",
-                    file=sys.stderr,
-                )
+                warn(f"{self.label} failed in {hook} ({first_line(exc, typed=True)}); disabled for "
+                     "the rest of the run (set `strict: true` to make this fatal)")
                 return None
 
         setattr(guarded, _MARKER, opts)

@@ -94,23 +94,21 @@ def _load_choice(choice: PluginChoice, registry: Registry) -> tuple[str, Any]:
         label = choice.name
         loaded = resolve_target(choice.name, key=choice.where or choice.name, base_dir=choice.base_dir)
     else:
-        try:
-            spec = registry.find(choice.group, choice.name)
-        except KitError as exc:
-            raise ConfigError(exc.message, key=choice.where or None, hint=exc.hint) from None
-        label, loaded = spec.label, spec.load()
+        loaded = registry.load(choice.group, choice.name, key=choice.where or None)
+        label = registry.find(choice.group, choice.name).label
     return label, instantiate(loaded, choice.options, label=label, where=choice.where)
 
 
 def _check_blocked(blocked: Iterable[str], choices: list[PluginChoice], registry: Registry) -> None:
     """Say what ``-p no:NAME`` does to this run: a configured plugin left out, or nothing at all."""
     known = {spec.name for group in ("kit.plugins", "kit.loggers") for spec in registry.group(group)}
+    labels = {spec.label for spec in registry.specs}  # -p no:package[entry]: one of two with a name
     chosen = {c.name: c for c in choices}
     for name in blocked:
         if name in chosen:
             choice = chosen[name]
             say(f"{choice.where or name} ({name}) is blocked by -p no:{name}: it will not run")
-        elif name not in known:
+        elif name not in known and name not in labels:
             names = ", ".join(sorted(known)) or "none"
             warn(f"-p no:{name} blocks nothing: no installed plugin or logger is named {name!r} "
                  f"(installed: {names})")
@@ -130,7 +128,8 @@ def get_plugin_manager(
     :param registry: where entry points come from; the installed packages by default.
     :param autoload: load every ``kit.plugins`` entry point; default: on unless
         ``KIT_DISABLE_PLUGIN_AUTOLOAD`` is set.
-    :param blocked: plugin names that must not load (``-p no:NAME``).
+    :param blocked: plugin names that must not load (``-p no:NAME``), or entry points
+        (``-p no:package[entry]``, to choose between two packages with one name).
     """
     pm = KitPluginManager()
     pm.add_hookspecs(hookspecs)
@@ -146,6 +145,7 @@ def get_plugin_manager(
         registry = registry if registry is not None else Registry.from_environment()
     if blocked and registry is not None:
         _check_blocked(blocked, choices, registry)
+        registry = registry.without(blocked)
     chosen = {c.name for c in choices}
     if autoload and registry is not None:
         for spec in registry.group("kit.plugins"):

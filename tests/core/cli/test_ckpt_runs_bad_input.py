@@ -279,6 +279,8 @@ GARBLED: dict[str, tuple[Callable[[Path], None], dict[str, Any]]] = {
     "status a number": (summary({**SUMMARY, "status": 5}), {**SUMMARY, "status": "crashed"}),
     "status an escape sequence": (summary({**SUMMARY, "status": "\x1b[2J"}),
                                   {**SUMMARY, "status": "crashed"}),
+    "status a word kit never writes": (summary({**SUMMARY, "status": "exploded"}),
+                                       {**SUMMARY, "status": "crashed"}),
     "summary a list": (summary([SUMMARY]), FALLBACK),
     "summary not json": (raw("summary.json", b'{"status": '), FALLBACK),
     "summary not utf-8": (raw("summary.json", b'{"status": "\xff"}'), FALLBACK),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,19 +10,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from clitools import kit_process
 
 from kit.cli import main
 
 
 def kit(*args: str, env: dict[str, str] | None = None) -> Any:
     return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
-
-
-def kit_process(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `kit` in a real process (what a user sees on stderr, exit codes, imports)."""
-    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(Path(__file__).parents[2])}
-    return subprocess.run([sys.executable, "-m", "kit", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env)
 
 
 def test_version_and_help() -> None:
@@ -133,10 +126,16 @@ def test_bad_input_from_a_real_process(write_config: Any, tmp_path: Path) -> Non
         "(fix it in config.yaml or with --set optimizer.lr=VALUE)\n")
 
 
-def test_debug_shows_the_traceback(write_config: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("flag", "env", "traceback"), [
+    ("--debug", {}, True), (None, {"KIT_DEBUG": "1"}, True), (None, {"KIT_DEBUG": "0"}, False),
+    (None, {"KIT_DEBUG": ""}, False)])
+def test_debug_shows_the_traceback(write_config: Any, tmp_path: Path, flag: str | None,
+                                   env: dict[str, str], traceback: bool) -> None:
     path = write_config()
-    result = kit_process("--debug", "run", str(path), "--set", "training.iterations=x", cwd=tmp_path)
-    assert result.returncode != 0 and "Traceback" in result.stderr
+    args = [flag] if flag else []
+    result = kit_process(*args, "run", str(path), "--set", "training.iterations=x", cwd=tmp_path, env=env)
+    assert ("Traceback" in result.stderr) == traceback, result.stderr
+    assert result.returncode == (1 if traceback else 2)  # the raised error, or the one-line one
 
 
 def test_a_failure_in_user_code_keeps_its_traceback(write_config: Any, tmp_path: Path) -> None:

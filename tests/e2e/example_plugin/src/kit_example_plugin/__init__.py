@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 import kit
-from kit.states import TrainNew
 
 __all__ = ["Finetune", "LinesLogger", "StepCounter"]
 
@@ -67,7 +65,7 @@ class StepCounter:
         (trainer.run_dir / "step-counter.json").write_text(json.dumps({"steps": self.steps}))
 
 
-class Finetune(TrainNew):
+class Finetune(kit.TrainNew):
     """A custom mode (``--mode finetune --checkpoint PATH``): a new run that starts from
     another run's weights, with a fresh optimizer, schedule and step count."""
 
@@ -86,4 +84,4 @@ class Finetune(TrainNew):
         checkpoint = trainer.read_checkpoint(self.source)
         assert trainer.model is not None
         trainer.model.load_state_dict(checkpoint["model"])
-        print(f"finetuning from {self.source}", file=sys.stderr)
+        kit.say(f"finetuning from {self.source}")
