@@ -28,6 +28,9 @@ class Probe:
         mark_at_step: int = -1
         """Rank zero creates ``<out>/marked`` at this step (a test waits for it, then signals)."""
         step_sleep: float = 0.0
+        veto_rank: int = -1
+        """This rank vetoes the optimizer step at ``veto_at_step`` (-2: every rank does)."""
+        veto_at_step: int = -1
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -63,6 +66,13 @@ class Probe:
         if trainer.rank == o.signal_rank and trainer.global_step == o.signal_at_step and not self.fired:
             self.fired = True
             os.kill(os.getpid(), o.signum)
+
+    @kit.hookimpl
+    def kit_skip_optimizer_step(self, trainer: Any) -> str | None:
+        o = self.options
+        if trainer.global_step == o.veto_at_step and o.veto_rank in (trainer.rank, -2):
+            return f"vetoed by rank {trainer.rank}"
+        return None
 
     @kit.hookimpl
     def kit_loader_exhausted(self, trainer: Any) -> None:

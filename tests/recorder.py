@@ -37,6 +37,22 @@ class Recorder:
         self.events.append(("step_begin", iteration, batch_idx))
 
     @kit.hookimpl
+    def kit_before_backward(self, loss: Any) -> None:
+        self.events.append(("before_backward",))
+
+    @kit.hookimpl
+    def kit_after_backward(self, trainer: Any) -> None:
+        self.events.append(("after_backward",))
+
+    @kit.hookimpl
+    def kit_before_optimizer_step(self, trainer: Any) -> None:
+        self.events.append(("before_optimizer_step", trainer.global_step))
+
+    @kit.hookimpl
+    def kit_skip_optimizer_step(self, trainer: Any) -> None:
+        self.events.append(("skip_optimizer_step", trainer.global_step))
+
+    @kit.hookimpl
     def kit_step_end(self, iteration: int, batch_idx: int, loss: Any) -> None:
         self.losses.append(loss)
         self.events.append(("step_end", iteration, batch_idx))

@@ -180,6 +180,8 @@ def _loop_problem(loop: Any) -> str | None:
         return "loop['iter_sum'] is not a 0-d floating-point tensor"
     if "iter_sum" in loop and not _int(loop.get("iter_count")):
         return "loop['iter_count'] is not a whole number from 0 to 2**63-1"
+    if "skipped" in loop and not _int(loop.get("skipped")):
+        return "loop['skipped'] is not a whole number from 0 to 2**63-1"
     return None
 
 

@@ -19,7 +19,18 @@ real runs fire their hooks in exactly this order::
             if step-based and the loader ran out:
                 kit_loader_exhausted(trainer, iteration)  # then it starts over
             kit_step_begin(trainer, iteration, batch_idx)
-            forward, loss, backward; the optimizer steps every grad_accum batches
+            forward and loss
+            kit_before_backward(trainer, loss)
+            backward
+            kit_after_backward(trainer)
+            if this is the step's last micro-batch (every grad_accum batches):
+                kit_before_optimizer_step(trainer, optimizer)
+                kit_skip_optimizer_step(trainer, optimizer, loss)  # a reason vetoes the step
+                if it gave a reason:
+                    kit_metric_recorded(trainer, record)  # train/skipped_steps
+                    kit_metric_recorded(trainer, record)  # train/skip_reason
+                else clip, then the optimizer and a per-step scheduler step
+                gradients are zeroed; global_step += 1
             if the optimizer stepped and global_step % log_every_n_steps == 0:
                 for name in train/loss, train/lr, train/step_time, train/throughput:
                     kit_metric_recorded(trainer, record)
@@ -29,6 +40,8 @@ real runs fire their hooks in exactly this order::
             if stopping: break
         if epoch-based:
             if a loader without a length left a partial accumulation, the optimizer steps:
+                kit_before_optimizer_step(trainer, optimizer)
+                kit_skip_optimizer_step(trainer, optimizer, loss)  # as above
                 if global_step % log_every_n_steps == 0:
                     for name in train/loss, train/lr, train/step_time, train/throughput:
                         kit_metric_recorded(trainer, record)
@@ -163,6 +176,71 @@ def kit_step_begin(trainer: Trainer, iteration: int, batch_idx: int) -> None:
     :param trainer: the running trainer; read-only by convention, this is the hot path.
     :param iteration: the current iteration.
     :param batch_idx: the batch's index in the current pass over the training loader.
+    """
+
+
+@hookspec
+def kit_before_backward(trainer: Trainer, loss: torch.Tensor) -> None:
+    """A training batch's loss is about to go through backward.
+
+    Lightning calls this point ``on_before_backward``.
+
+    Fires on every rank, for every micro-batch, with this rank's own loss.
+
+    :param trainer: the running trainer; read-only by convention, this is the hot path.
+    :param loss: the batch's loss: a detached scalar tensor on the training device, not
+        divided by ``grad_accum``. Do not mutate it; ``.item()`` forces a sync.
+    """
+
+
+@hookspec
+def kit_after_backward(trainer: Trainer) -> None:
+    """Backward ran: each parameter's ``.grad`` holds this optimizer step's gradients so far.
+
+    Lightning calls this point ``on_after_backward``. Fires on every rank, for every
+    micro-batch. Under ``precision: "16"`` the gradients are still multiplied by the grad
+    scaler's scale; with several ranks they are averaged over ranks only after the step's
+    last micro-batch. Gradients are zeroed after the optimizer step, so every
+    micro-batch's are here.
+
+    :param trainer: the running trainer; read-only by convention.
+    """
+
+
+@hookspec
+def kit_before_optimizer_step(trainer: Trainer, optimizer: torch.optim.Optimizer) -> None:
+    """The optimizer is about to step: plugins see the finished gradients.
+
+    Lightning calls this point ``on_before_optimizer_step``. Fires on every rank, once per
+    optimizer step, after the step's last micro-batch: gradients are complete, averaged
+    over ranks, unscaled (``precision: "16"``) and not yet clipped
+    (``training.clip_grad_norm`` comes next). Every rank sees the same gradients.
+
+    :param trainer: the running trainer; read-only by convention.
+    :param optimizer: the optimizer about to step. A plugin may change the gradients
+        (its own clipping, say), the same way on every rank.
+    """
+
+
+@hookspec(firstresult=True)
+def kit_skip_optimizer_step(trainer: Trainer, optimizer: torch.optim.Optimizer,
+                            loss: torch.Tensor) -> str | None:
+    """Veto this optimizer step: return why (a short text) to skip it, or ``None``.
+
+    ``firstresult``: the first implementation that returns a reason decides, and the rest
+    are not called. Fires after :func:`kit_before_optimizer_step` (gradients unscaled, not
+    clipped), on every rank; with several ranks the step is skipped on every rank when any
+    of them vetoes it (one more small all-reduce per step, paid only when a plugin
+    implements this hook). A skipped step zeroes the gradients without stepping the
+    optimizer or a per-step scheduler (the grad scaler still updates, so fp16 recovers
+    from overflow); ``global_step`` still counts it, so log, save and iteration cadence
+    are unchanged and resume stays exact. kit records ``train/skipped_steps`` (the run's
+    count so far) and ``train/skip_reason`` (text) at that step.
+
+    :param trainer: the running trainer; read-only by convention.
+    :param optimizer: the optimizer that would step.
+    :param loss: the loss of the step's last micro-batch, detached; non-finite gradients
+        from any micro-batch show in the gradients themselves.
     """
 
 

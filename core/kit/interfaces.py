@@ -110,7 +110,8 @@ class Backend:
     - topology: :attr:`rank`, :attr:`local_rank`, :attr:`world_size`, :attr:`is_global_zero`
     - placement: :meth:`device`, :meth:`to_device`, :meth:`wrap`, :meth:`prepare_optimizer`,
       :meth:`sampler`
-    - math: :meth:`autocast`, :meth:`no_backward_sync`, :meth:`backward`, :meth:`optimizer_step`
+    - math: :meth:`autocast`, :meth:`no_backward_sync`, :meth:`backward`,
+      :meth:`unscale_gradients`, :meth:`optimizer_step`, :meth:`skip_optimizer_step`
     - collectives: :meth:`all_reduce`, :meth:`all_gather_object`, :meth:`broadcast_object`,
       :meth:`barrier` (no-ops in one process)
     - lifecycle: :meth:`launch`, :meth:`setup`, :meth:`state_dict`/:meth:`load_state_dict`,
@@ -236,18 +237,28 @@ class Backend:
         else:
             loss.backward()  # type: ignore[no-untyped-call]
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer, *, clip_grad_norm: float | None) -> None:
-        """Unscale, clip, step and update the scaler; zeroing the gradients is the loop's."""
+    def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """Divide the gradients by the grad scaler's scale (fp16); nothing otherwise. The
+        loop calls it at most once per step, before clipping or a hook that reads them."""
         if self.scaler is not None:
-            if clip_grad_norm is not None:
-                self.scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(self.params, clip_grad_norm)
+            self.scaler.unscale_(optimizer)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, *, clip_grad_norm: float | None) -> None:
+        """Clip, step and update the scaler; zeroing the gradients is the loop's. Gradients
+        are unscaled by then when ``clip_grad_norm`` is set (:meth:`unscale_gradients`)."""
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, clip_grad_norm)
+        if self.scaler is not None:
             self.scaler.step(optimizer)
             self.scaler.update()
             return
-        if clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, clip_grad_norm)
         optimizer.step()
+
+    def skip_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """A step a plugin vetoed: the optimizer does not step, but the grad scaler still
+        updates (it lowers its scale after an overflow, so fp16 training recovers)."""
+        if self.scaler is not None:
+            self.scaler.update()
 
     # -- collectives ----------------------------------------------------------------
 

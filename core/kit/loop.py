@@ -60,6 +60,7 @@ class Loop:
         self.iter_sum: torch.Tensor | float = 0.0
         self.iter_count = 0
         self.samples = 0  # since the last log, for throughput
+        self.skipped = 0  # optimizer steps a plugin vetoed (kit_skip_optimizer_step), over the run
         self.logged_at = (time.perf_counter(), self.state.global_step)
         # several ranks only: what they agreed on, and when they next agree (see _agree)
         self._stop, self._signal = False, 0
@@ -149,25 +150,50 @@ class Loop:
         self.samples += len(targets)
         accum = trainer.config.training.grad_accum
         assert trainer.loss_fn is not None
+        hooks = trainer.hooks
         with backend.no_backward_sync(self.forward, enabled=not optimizer_step):
             with backend.autocast():
                 loss = trainer.loss_fn(self.forward(inputs), targets)
+            if hooks.kit_before_backward is not None:
+                hooks.kit_before_backward(trainer=trainer, loss=loss.detach())
             backend.backward(loss / accum if accum > 1 else loss)
+        if hooks.kit_after_backward is not None:
+            hooks.kit_after_backward(trainer=trainer)
         loss = loss.detach()
         self.window.append(loss)
         if optimizer_step:
-            self._optimizer_step()
+            self._optimizer_step(loss)
         return loss
 
-    def _optimizer_step(self) -> None:
-        trainer, state = self.trainer, self.state
+    def _optimizer_step(self, loss: torch.Tensor) -> None:
+        """Unscale when something reads the gradients, let plugins see or veto them, clip and
+        step (or skip), zero the gradients, count the step, then log when due."""
+        trainer, state, backend = self.trainer, self.state, self.backend
         cfg = trainer.config.training
+        hooks = trainer.hooks
         optimizer = trainer.optimizer
         assert optimizer is not None
-        self.backend.optimizer_step(optimizer, clip_grad_norm=cfg.clip_grad_norm)
+        before, veto = hooks.kit_before_optimizer_step, hooks.kit_skip_optimizer_step
+        if cfg.clip_grad_norm is not None or before is not None or veto is not None:
+            backend.unscale_gradients(optimizer)
+        if before is not None:
+            before(trainer=trainer, optimizer=optimizer)
+        reason = veto(trainer=trainer, optimizer=optimizer, loss=loss) if veto is not None else None
+        if veto is not None and self.distributed:  # one rank's veto skips the step on every rank
+            flag = torch.tensor([0.0 if reason is None else 1.0])
+            if self.backend.all_reduce(flag, "max").item() and reason is None:
+                reason = "skipped on another rank"
+        if reason is None:
+            backend.optimizer_step(optimizer, clip_grad_norm=cfg.clip_grad_norm)
+        else:
+            backend.skip_optimizer_step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         state.global_step += 1
-        if trainer.scheduler is not None and trainer.config.scheduler is not None \
+        if reason is not None:
+            self.skipped += 1
+            trainer.record("train/skipped_steps", self.skipped, split="train")
+            trainer.record("train/skip_reason", str(reason), kind="text", split="train")
+        elif trainer.scheduler is not None and trainer.config.scheduler is not None \
                 and trainer.config.scheduler.interval == "step":
             trainer.scheduler.step()
         if state.global_step % cfg.log_every_n_steps == 0:
@@ -290,7 +316,7 @@ class Loop:
                     exhausted = False
                     break
             if exhausted and n_batches is None and (batch_idx + 1) % accum:
-                self._optimizer_step()  # flush a partial accumulation
+                self._optimizer_step(self.window[-1])  # flush a partial accumulation
                 self._step_done(ends_iteration=False)
             state.epoch += 1
             state.epoch_batches = 0
@@ -404,6 +430,7 @@ class Loop:
             "window": torch.stack(self.window) if self.window else None,
             "iter_sum": torch.as_tensor(self.iter_sum).detach(),
             "iter_count": self.iter_count,
+            "skipped": self.skipped,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -413,6 +440,7 @@ class Loop:
         if "iter_sum" in state:
             self.iter_sum = state["iter_sum"].to(device)
             self.iter_count = int(state["iter_count"])
+        self.skipped = int(state.get("skipped", 0))
 
     # -- evaluation -----------------------------------------------------------------
 

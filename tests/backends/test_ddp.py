@@ -244,3 +244,20 @@ def test_a_signal_to_the_whole_job_is_one_clean_stop(tmp_path: Path) -> None:
     (stopped_at,) = last_steps  # every rank stopped at the same step, and it was saved
     assert sorted((run_dir / "checkpoints").glob("step-*"))[-1].name == f"step-{stopped_at:08d}"
     assert stderr.count("Interrupted by SIGTERM;") == 1 and "stopped at once" not in stderr, stderr[-3000:]
+
+
+def test_a_veto_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path) -> None:
+    """Ranks that disagreed would train different models; the veto is agreed instead."""
+    finals = []
+    for name, rank in (("one", 1), ("every", -2)):
+        cfg = config(tmp_path, name, **{**RESUME, "checkpoint": {}}, loggers=["jsonl"],
+                     plugins=[probe(tmp_path / name, veto_rank=rank, veto_at_step=2)])
+        result = torchrun("run", str(write(tmp_path, cfg, f"{name}.yaml")), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (run_dir,) = run_dirs(tmp_path, name)
+        finals.append(final_weights(run_dir))
+        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [(r["step"], r["value"]) for r in lines if r["name"] == "train/skipped_steps"] == [(3, 1)]
+    one, every = finals
+    assert all(torch.equal(one[k], every[k]) for k in one)
+

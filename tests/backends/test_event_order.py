@@ -18,14 +18,25 @@ def run(config: Any, *plugins: object, backend: str) -> kit.Trainer:
     return trainer
 
 
+def train_step(it: int, batch: int, steps: int | None) -> list[tuple[Any, ...]]:
+    """One training batch's events; ``steps`` is global_step before the optimizer steps on this
+    batch (``None``: an accumulation micro-batch, no optimizer step)."""
+    events: list[tuple[Any, ...]] = [("step_begin", it, batch), ("before_backward",), ("after_backward",)]
+    if steps is not None:
+        events += [("before_optimizer_step", steps), ("skip_optimizer_step", steps)]
+    return [*events, ("step_end", it, batch)]
+
+
 def expected_epoch_order(iterations: int, train: int, val: int, test: int, *, eval_every: int = 1,
                          save_every: int = 1) -> list[tuple[Any, ...]]:
     events: list[tuple[Any, ...]] = [("train_begin",)]
     val_keys = ("accuracy", "loss")
+    steps = 0
     for it in range(1, iterations + 1):
         events.append(("iteration_begin", it))
         for b in range(train):
-            events += [("step_begin", it, b), ("step_end", it, b)]
+            events += train_step(it, b, steps)
+            steps += 1
         events.append(("loader_exhausted", it))
         metrics = ["train/loss_epoch"]
         last = it == iterations
@@ -78,11 +89,11 @@ def test_step_based_order_with_accumulation(kit_config: Any, backend: str) -> No
     batch = 0
     for it in (1, 2, 3):
         expected.append(("iteration_begin", it))
-        for _ in range(2):
+        for micro in range(2):
             if batch == 4:
                 expected.append(("loader_exhausted", it))
                 batch = 0
-            expected += [("step_begin", it, batch), ("step_end", it, batch)]
+            expected += train_step(it, batch, it - 1 if micro == 1 else None)
             batch += 1
         metrics = ["train/loss"]
         if it == 3:

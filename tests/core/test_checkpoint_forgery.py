@@ -266,6 +266,8 @@ RESUME: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], str]] = {
                                   "loop['iter_sum'] is not a 0-d floating-point tensor"),
     "loop iter_count 1.5": (lambda c: {"loop": {**c["loop"], "iter_count": 1.5}},
                             "loop['iter_count'] is not a whole number from 0 to 2**63-1"),
+    "loop skipped -1": (lambda c: {"loop": {**c["loop"], "skipped": -1}},
+                        "loop['skipped'] is not a whole number from 0 to 2**63-1"),
     "world_size 0": (lambda c: {"progress": {**c["progress"], "world_size": 0}},
                      "progress['world_size'] is not a whole number from 1 to 2**63-1"),
     "world_size a string": (lambda c: {"progress": {**c["progress"], "world_size": "two"}},

@@ -62,6 +62,19 @@ class StepEndHook(Protocol):
     def __call__(self, *, trainer: Trainer, iteration: int, batch_idx: int, loss: torch.Tensor) -> None: ...
 
 
+class LossHook(Protocol):
+    def __call__(self, *, trainer: Trainer, loss: torch.Tensor) -> None: ...
+
+
+class OptimizerHook(Protocol):
+    def __call__(self, *, trainer: Trainer, optimizer: torch.optim.Optimizer) -> None: ...
+
+
+class VetoHook(Protocol):
+    def __call__(self, *, trainer: Trainer, optimizer: torch.optim.Optimizer,
+                 loss: torch.Tensor) -> str | None: ...
+
+
 class EvalStepBeginHook(Protocol):
     def __call__(self, *, trainer: Trainer, batch_idx: int) -> None: ...
 
@@ -108,6 +121,10 @@ class HookRelay:
     kit_train_begin: TrainerHook | None
     kit_iteration_begin: IterationHook | None
     kit_step_begin: StepBeginHook | None
+    kit_before_backward: LossHook | None
+    kit_after_backward: TrainerHook | None
+    kit_before_optimizer_step: OptimizerHook | None
+    kit_skip_optimizer_step: VetoHook | None
     kit_step_end: StepEndHook | None
     kit_loader_exhausted: IterationHook | None
     kit_val_begin: IterationHook | None
