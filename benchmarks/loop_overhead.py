@@ -1,12 +1,16 @@
 """Per-step cost of kit's loop against a raw PyTorch loop, in one run, on the same data.
 
-    python benchmarks/loop_overhead.py [--epochs 12] [--repeats 5] [--threads 1] [--json out.json]
+    python benchmarks/loop_overhead.py [--epochs 12] [--repeats 5] [--threads 1] [--clock wall|cpu]
+                                       [--json out.json]
 
 Both train the same 64-64-10 MLP with Adam at batch 32 on CPU from the same
 DataLoader setup. Timing covers epochs 2..N (epoch 1 is warm-up) and stops at the
 end of the last pass over the loader, so kit's final checkpoint and run summary are
-not counted. Runs alternate raw/kit to spread machine noise; medians are reported.
-Target: kit with its default loggers <= 1.05x raw.
+not counted. Runs alternate raw/kit, in an order that rotates each repeat, to spread
+machine noise; medians are reported.
+Target: kit with its default loggers <= 1.05x raw, and with the built-in plugins
+grad_norm (every log_every_n_steps = 50 steps) and nan_guard (one check and one host
+read per step) on top of them, too.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ import kit
 
 N_SAMPLES = 4096
 BATCH = 32
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+now = CLOCKS["wall"]
+"""What the timings read: wall time, or with ``--clock cpu`` this process's CPU time, which
+a machine shared with other work (a busy CI runner) disturbs far less."""
 
 
 def build_model() -> nn.Module:
@@ -53,7 +61,7 @@ def raw_loop(epochs: int) -> float:
     steps, start = 0, 0.0
     for epoch in range(epochs):
         if epoch == 1:
-            start, steps = time.perf_counter(), 0
+            start, steps = now(), 0
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             loss = F.cross_entropy(model(x), y)
@@ -61,7 +69,7 @@ def raw_loop(epochs: int) -> float:
             loss.backward()
             optimizer.step()
             steps += 1
-    return (time.perf_counter() - start) / steps * 1e6
+    return (now() - start) / steps * 1e6
 
 
 class EpochClock:
@@ -75,16 +83,17 @@ class EpochClock:
     @kit.hookimpl
     def kit_iteration_begin(self, trainer: kit.Trainer, iteration: int) -> None:
         if iteration == 2:
-            self.start, self.steps = time.perf_counter(), trainer.global_step
+            self.start, self.steps = now(), trainer.global_step
 
     @kit.hookimpl
     def kit_loader_exhausted(self, trainer: kit.Trainer, iteration: int) -> None:
         if iteration == self.epochs:
-            self.end = time.perf_counter()
+            self.end = now()
             self.steps = trainer.global_step - self.steps
 
 
-def kit_loop(epochs: int, loggers: list[object], runs_dir: Path, *, log_every: int = 50) -> float:
+def kit_loop(epochs: int, loggers: list[object], runs_dir: Path, *, log_every: int = 50,
+             plugins: list[object] | None = None) -> float:
     config = kit.KitConfig.model_validate({
         "experiment": "bench",
         "runs_dir": str(runs_dir),
@@ -95,6 +104,7 @@ def kit_loop(epochs: int, loggers: list[object], runs_dir: Path, *, log_every: i
         "training": {"iterations": epochs, "save_frequency": epochs, "device": "cpu",
                      "log_every_n_steps": log_every},
         "loggers": loggers,
+        "plugins": plugins or [],
     })
     config.base_dir = Path(__file__).resolve().parent
     clock = EpochClock(epochs)
@@ -109,30 +119,41 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1 keeps tiny-op timings steady)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time, or this process's CPU time (steadier on a busy machine)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    global now
+    now = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-    variants: dict[str, list[object] | None] = {
+    default: list[object] = ["console", "jsonl"]
+    variants: dict[str, tuple[list[object], list[object]] | None] = {  # (loggers, plugins)
         "raw": None,
-        "kit, no loggers": [],
-        "kit, default loggers (console, jsonl)": ["console", "jsonl"],
-        "kit, console with progress bars": [{"console": {"progress": True}}, "jsonl"],
+        "kit, no loggers": ([], []),
+        "kit, default loggers (console, jsonl)": (default, []),
+        "kit, console with progress bars": ([{"console": {"progress": True}}, "jsonl"], []),
+        "kit, grad_norm + nan_guard": (default, ["grad_norm", "nan_guard"]),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.repeats):
-            for name, loggers in variants.items():
-                if loggers is None:
+        names = list(variants)
+        for repeat in range(args.repeats):
+            turn = repeat % len(names)  # each variant takes each place in the order in turn
+            for name in names[turn:] + names[:turn]:
+                variant = variants[name]
+                if variant is None:
                     times[name].append(raw_loop(args.epochs))
                 else:
-                    times[name].append(kit_loop(args.epochs, loggers, Path(tmp)))
+                    loggers, plugins = variant
+                    times[name].append(kit_loop(args.epochs, loggers, Path(tmp), plugins=plugins))
 
     raw = statistics.median(times["raw"])
     steps = (args.epochs - 1) * (N_SAMPLES // BATCH)
     print(f"64-64-10 MLP, batch {BATCH}, Adam, CPU ({torch.get_num_threads()} threads), "
-          f"torch {torch.__version__}; {steps} timed steps x {args.repeats} repeats, median")
+          f"torch {torch.__version__}; {steps} timed steps x {args.repeats} repeats, median {args.clock} "
+          "time")
     figures = {}
     for name, values in times.items():
         median = statistics.median(values)

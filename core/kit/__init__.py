@@ -29,13 +29,14 @@ if TYPE_CHECKING:
     from kit.data import Data, EpochSampler
     from kit.interfaces import Backend, CheckpointFormat, State
     from kit.markers import hookimpl, hookspec
-    from kit.metrics import Metric, MetricRecord
+    from kit.metrics import MetricRecord
     from kit.paths import RunPath, run_path
     from kit.plugins import HookRelay, PluginChoice, Registry, get_plugin_manager
     from kit.report import say, warn
     from kit.rundir import atomic_write, write_json
     from kit.states import ContinueTraining, EvaluateOnly, TrainNew
     from kit.targets import resolve_target
+    from kit.tasks import Evaluation, Task
     from kit.torchfile import load_torch_file
     from kit.trainer import Trainer
 
@@ -48,10 +49,10 @@ __all__ = [
     "Data",
     "EpochSampler",
     "EvaluateOnly",
+    "Evaluation",
     "HookRelay",
     "KitConfig",
     "KitError",
-    "Metric",
     "MetricRecord",
     "PluginChoice",
     "PluginLoadError",
@@ -60,6 +61,7 @@ __all__ = [
     "RunPath",
     "State",
     "TargetError",
+    "Task",
     "TrainNew",
     "Trainer",
     "__version__",
@@ -82,8 +84,9 @@ _LAZY = {
     "State": "kit.interfaces",
     "hookimpl": "kit.markers",
     "hookspec": "kit.markers",
-    "Metric": "kit.metrics",
     "MetricRecord": "kit.metrics",
+    "Task": "kit.tasks",  # how a batch becomes a loss and predictions
+    "Evaluation": "kit.tasks",  # what Task.evaluation_step returns
     "HookRelay": "kit.plugins",
     "PluginChoice": "kit.plugins",
     "Registry": "kit.plugins",

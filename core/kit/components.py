@@ -11,14 +11,11 @@ import torch
 
 from kit.config import OptimizerConfig, SchedulerConfig, TaskConfig
 from kit.errors import ConfigError, first_line
-from kit.metrics import Accuracy, Metric
 from kit.targets import resolve_target
 
-__all__ = ["build_optimizer", "build_scheduler", "call_factory", "resolve_loss", "resolve_metrics"]
+__all__ = ["build_optimizer", "build_scheduler", "call_factory", "metric_entries", "resolve_loss"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-BUILTIN_METRICS: dict[str, type[Metric]] = {"accuracy": Accuracy}
 
 
 def call_factory(fn: Any, kwargs: Mapping[str, Any], *, key: str, **given: Any) -> Any:
@@ -66,8 +63,8 @@ def _builtin_losses() -> Any:
     return types.SimpleNamespace(__name__="torch.nn.functional and torch.nn's losses", **table)
 
 
-def resolve_loss(task: TaskConfig, base_dir: Path | None) -> LossFn:
-    fn = _lookup(task.loss, _builtin_losses(), key="task.loss", base_dir=base_dir, kind="loss")
+def resolve_loss(name: str, base_dir: Path | None) -> LossFn:
+    fn = _lookup(name, _builtin_losses(), key="task.loss", base_dir=base_dir, kind="loss")
     if isinstance(fn, type) and issubclass(fn, torch.nn.Module):
         fn = fn()
     return fn  # type: ignore[no-any-return]
@@ -86,17 +83,23 @@ def _build_builtin(cls: Any, name: str, kwargs: Mapping[str, Any], *, key: str, 
                           hint="fix the values") from None
 
 
-def resolve_metrics(task: TaskConfig, base_dir: Path | None) -> list[type[Metric]]:
-    out: list[type[Metric]] = []
-    for i, name in enumerate(task.metrics):
+def metric_entries(task: TaskConfig, default: tuple[str, ...], base_dir: Path | None
+                   ) -> list[tuple[str, dict[str, Any], str]]:
+    """``task.metrics`` (or the task's default) as (entry, kwargs, config key), each name
+    checked now, so a typo is refused before anything is written."""
+    from kit.tasks import _METRICS
+
+    out: list[tuple[str, dict[str, Any], str]] = []
+    for i, item in enumerate(task.metrics if task.metrics is not None else default):
         key = f"task.metrics[{i}]"
-        if ":" in name:
-            out.append(resolve_target(name, key=key, base_dir=base_dir))
-        elif name in BUILTIN_METRICS:
-            out.append(BUILTIN_METRICS[name])
-        else:
-            raise ConfigError(f"unknown metric {name!r}", key=key,
-                              hint=f"built-in: {', '.join(BUILTIN_METRICS)}; or `package.module:Class`")
+        entry, kwargs = next(iter(item.items())) if isinstance(item, dict) else (item, {})
+        if ":" in entry:
+            resolve_target(entry, key=key, base_dir=base_dir)
+        elif entry not in _METRICS:
+            raise ConfigError(f"unknown metric {entry!r}", key=key,
+                              hint=f"built-in: {', '.join(sorted(_METRICS))}; or an import target such "
+                                   "as `torchmetrics:MeanSquaredError`")
+        out.append((entry, dict(kwargs or {}), key))
     return out
 
 

@@ -82,14 +82,28 @@ class DataConfig(TargetConfig):
     drop_last: bool = False
 
 
-class TaskConfig(_Model):
-    """How a batch ``(inputs, targets)`` becomes a loss and metrics."""
+MetricEntry = str | dict[str, dict[str, Any]]
 
-    loss: str = Field("cross_entropy", description="torch.nn.functional name or import target")
-    metrics: list[str] = Field(
-        default_factory=lambda: ["accuracy"],
-        description="built-in (accuracy) or import targets of kit.Metric classes",
-    )
+
+class TaskConfig(_Model):
+    """How a batch becomes a loss, and predictions for the metrics (:mod:`kit.tasks`)."""
+
+    name: str = Field("classification", description="an entry point in kit.tasks (classification, "
+                      "regression, model_loss) or an import target")
+    options: dict[str, Any] = Field(default_factory=dict, description="the task's own options")
+    loss: str | None = Field(None, description="torch.nn.functional name or import target; default: the "
+                             "task's (classification: cross_entropy, regression: mse_loss)")
+    metrics: list[MetricEntry] | None = Field(
+        None, description="torchmetrics by short name (accuracy, f1, r2, …) or import target, each "
+        "alone or as {name: {kwargs}}; default: the task's (classification: [accuracy])")
+
+    @field_validator("metrics")
+    @classmethod
+    def _one_name_each(cls, value: list[MetricEntry] | None) -> list[MetricEntry] | None:
+        for entry in value or ():
+            if isinstance(entry, dict) and len(entry) != 1:
+                raise ValueError("a metric given with options is one {name: {kwargs}} mapping")
+        return value
 
 
 class OptimizerConfig(_Model):

@@ -13,7 +13,7 @@ call no hook say what happens in between. ``tests/core/test_hookspecs.py`` check
 real runs fire their hooks in exactly this order::
 
     kit_train_begin(trainer)
-    for iteration in range(start + 1, iterations + 1):
+    for iteration in range(start + 1, iterations + 1):  # none when stopping already
         kit_iteration_begin(trainer, iteration)
         for batch_idx, batch in train_loader:  # step-based: the iteration's grad_accum batches
             if step-based and the loader ran out:
@@ -54,19 +54,22 @@ real runs fire their hooks in exactly this order::
             kit_val_begin(trainer, iteration)
             for batch_idx, batch in val_loader:
                 kit_val_step_begin(trainer, batch_idx)
-                kit_val_step_end(trainer, batch_idx, loss)
+                kit_val_step_end(trainer, batch_idx, loss, evaluation)
             for name in val/loss, val/<metric>:
                 kit_metric_recorded(trainer, record)
             kit_val_end(trainer, iteration, val_results)
         if iteration % save_frequency == 0 or last or stopping or a step/time save is due:
             kit_checkpoint_save(trainer, checkpoint)      # then written atomically
         kit_iteration_end(trainer, iteration, metrics)
-        if stopping: break
+        if stopping:
+            if this iteration was not saved (the stop was asked for in kit_iteration_end):
+                kit_checkpoint_save(trainer, checkpoint)
+            break
     if there is a test loader:
         kit_test_begin(trainer)
         for batch_idx, batch in test_loader:
             kit_test_step_begin(trainer, batch_idx)
-            kit_test_step_end(trainer, batch_idx, loss)
+            kit_test_step_end(trainer, batch_idx, loss, evaluation)
         for name in test/loss, test/<metric>:
             kit_metric_recorded(trainer, record)
         kit_test_end(trainer, test_results)
@@ -119,6 +122,7 @@ if TYPE_CHECKING:
     import torch
 
     from kit.metrics import MetricRecord
+    from kit.tasks import Evaluation
     from kit.trainer import Trainer
 
 __all__ = [
@@ -235,7 +239,8 @@ def kit_skip_optimizer_step(trainer: Trainer, optimizer: torch.optim.Optimizer,
     optimizer or a per-step scheduler (the grad scaler still updates, so fp16 recovers
     from overflow); ``global_step`` still counts it, so log, save and iteration cadence
     are unchanged and resume stays exact. kit records ``train/skipped_steps`` (the run's
-    count so far) and ``train/skip_reason`` (text) at that step.
+    count so far) and ``train/skip_reason`` (text) at that step, and leaves the skipped
+    step's losses out of ``train/loss``.
 
     :param trainer: the running trainer; read-only by convention.
     :param optimizer: the optimizer that would step.
@@ -290,12 +295,16 @@ def kit_val_step_begin(trainer: Trainer, batch_idx: int) -> None:
 
 
 @hookspec
-def kit_val_step_end(trainer: Trainer, batch_idx: int, loss: torch.Tensor) -> None:
+def kit_val_step_end(trainer: Trainer, batch_idx: int, loss: torch.Tensor,
+                     evaluation: Evaluation) -> None:
     """A validation batch was evaluated.
 
     :param trainer: the running trainer; read-only by convention.
     :param batch_idx: the batch's index in the validation loader.
     :param loss: the batch's mean loss, a detached tensor on the device.
+    :param evaluation: what the task made of the batch (:class:`kit.Evaluation`): ``loss``,
+        ``size`` and the ``preds`` and ``targets`` the metrics compare, on the device
+        (``None`` when the task gives none). Read-only.
     """
 
 
@@ -346,12 +355,16 @@ def kit_test_step_begin(trainer: Trainer, batch_idx: int) -> None:
 
 
 @hookspec
-def kit_test_step_end(trainer: Trainer, batch_idx: int, loss: torch.Tensor) -> None:
+def kit_test_step_end(trainer: Trainer, batch_idx: int, loss: torch.Tensor,
+                      evaluation: Evaluation) -> None:
     """A test batch was evaluated.
 
     :param trainer: the running trainer; read-only by convention.
     :param batch_idx: the batch's index in the test loader.
     :param loss: the batch's mean loss, a detached tensor on the device.
+    :param evaluation: what the task made of the batch (:class:`kit.Evaluation`): ``loss``,
+        ``size`` and the ``preds`` and ``targets`` the metrics compare, on the device
+        (``None`` when the task gives none). Read-only.
     """
 
 

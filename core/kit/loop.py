@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from kit.data import EpochSampler
-from kit.metrics import MeanLoss
+from kit.targets import resolve_target
+from kit.tasks import build_metric, metric_name
 
 if TYPE_CHECKING:
     from kit.interfaces import Backend
@@ -37,6 +38,11 @@ __all__ = ["AGREE_EVERY_S", "Loop"]
 AGREE_EVERY_S = 0.2
 """Inside an iteration, ranks agree on stops and timed saves about this often (in seconds
 of training), or at every optimizer step when one takes longer."""
+
+
+def _classes(preds: Any) -> int:
+    """How many classes logits ``(N, …, C)`` score; 0 when they do not say."""
+    return int(preds.shape[-1]) if isinstance(preds, torch.Tensor) and preds.dim() > 1 else 0
 
 
 def _skips(loader: Any) -> bool:
@@ -53,6 +59,8 @@ class Loop:
         self.trainer = trainer
         self.backend = backend
         self.state: RunState = trainer.state
+        assert trainer.task is not None
+        self.task = trainer.task
         self.forward: Callable[..., Any] = backend.wrap(trainer.model, trainer)
         self.eval_forward: Callable[..., Any] = backend.unwrap(self.forward)
         self.distributed = backend.world_size > 1
@@ -60,6 +68,7 @@ class Loop:
         self.iter_sum: torch.Tensor | float = 0.0
         self.iter_count = 0
         self.samples = 0  # since the last log, for throughput
+        self.pending = 0  # losses in the window from the optimizer step under way
         self.skipped = 0  # optimizer steps a plugin vetoed (kit_skip_optimizer_step), over the run
         self.logged_at = (time.perf_counter(), self.state.global_step)
         # several ranks only: what they agreed on, and when they next agree (see _agree)
@@ -145,15 +154,14 @@ class Loop:
     # -- one batch ------------------------------------------------------------------
 
     def _train_batch(self, batch: Any, optimizer_step: bool) -> torch.Tensor:
-        trainer, backend = self.trainer, self.backend
-        inputs, targets = backend.to_device(batch[0]), backend.to_device(batch[1])
-        self.samples += len(targets)
+        trainer, backend, task = self.trainer, self.backend, self.task
+        batch = backend.to_device(batch)
+        self.samples += task.batch_size(batch)
         accum = trainer.config.training.grad_accum
-        assert trainer.loss_fn is not None
         hooks = trainer.hooks
         with backend.no_backward_sync(self.forward, enabled=not optimizer_step):
             with backend.autocast():
-                loss = trainer.loss_fn(self.forward(inputs), targets)
+                loss = task.training_step(self.forward, batch)
             if hooks.kit_before_backward is not None:
                 hooks.kit_before_backward(trainer=trainer, loss=loss.detach())
             backend.backward(loss / accum if accum > 1 else loss)
@@ -161,6 +169,7 @@ class Loop:
             hooks.kit_after_backward(trainer=trainer)
         loss = loss.detach()
         self.window.append(loss)
+        self.pending += 1
         if optimizer_step:
             self._optimizer_step(loss)
         return loss
@@ -189,13 +198,15 @@ class Loop:
             backend.skip_optimizer_step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         state.global_step += 1
-        if reason is not None:
+        if reason is not None:  # its losses stay out of train/loss: a NaN would poison the mean
+            del self.window[len(self.window) - self.pending:]
             self.skipped += 1
             trainer.record("train/skipped_steps", self.skipped, split="train")
             trainer.record("train/skip_reason", str(reason), kind="text", split="train")
         elif trainer.scheduler is not None and trainer.config.scheduler is not None \
                 and trainer.config.scheduler.interval == "step":
             trainer.scheduler.step()
+        self.pending = 0
         if state.global_step % cfg.log_every_n_steps == 0:
             self._log_window()
 
@@ -247,6 +258,9 @@ class Loop:
         assert self.trainer.model is not None
         self.trainer.model.train()
         self.logged_at, self.samples = (time.perf_counter(), self.state.global_step), 0
+        self._agree(now=True)  # a stop asked for before the first step (in kit_train_begin, say)
+        if self.stopping:
+            return
         if self.trainer.config.training.type == "epoch":
             self._fit_epochs()
         else:
@@ -421,6 +435,8 @@ class Loop:
             trainer.hooks.kit_iteration_end(trainer=trainer, iteration=iteration, metrics=metrics)
         if wait:
             self._stop_if_signalled()
+        if self.stopping and not saved:  # asked for in kit_iteration_end: keep where it stopped
+            trainer.save_checkpoint()
 
     # -- resuming -------------------------------------------------------------------
 
@@ -452,41 +468,57 @@ class Loop:
         a stop signal is checked per batch only in one process (with several, at the next
         step boundary every rank shares).
         """
-        trainer, backend = self.trainer, self.backend
-        model, loss_fn = trainer.model, trainer.loss_fn
-        assert model is not None and loss_fn is not None
+        trainer, backend, task = self.trainer, self.backend, self.task
+        model = trainer.model
+        assert model is not None
         hooks = trainer.hooks
         begin, end = (hooks.kit_val_step_begin, hooks.kit_val_step_end) if split == "val" else \
             (hooks.kit_test_step_begin, hooks.kit_test_step_end)
-        metrics = [cls() for cls in trainer.metric_types]
-        mean_loss = MeanLoss()
+        import torchmetrics
+
+        mean_loss = torchmetrics.MeanMetric(nan_strategy="ignore").to(trainer.device)
+        metrics: list[torchmetrics.Metric] | None = None
+        classes = 0
         was_training = model.training
         model.eval()
-        with torch.inference_mode(), backend.autocast():
-            for batch_idx, batch in enumerate(loader):
-                if trainer.stop_signal is not None and not self.distributed:
-                    trainer.interrupt()
-                if begin is not None:
-                    begin(trainer=trainer, batch_idx=batch_idx)
-                inputs, targets = backend.to_device(batch[0]), backend.to_device(batch[1])
-                outputs = self.eval_forward(inputs)
-                loss = loss_fn(outputs, targets).float()
-                mean_loss.add(loss, targets.shape[0])
-                for metric in metrics:
-                    metric.update(outputs, targets)
-                if end is not None:
-                    end(trainer=trainer, batch_idx=batch_idx, loss=loss)
-        model.train(was_training)
-        if self.distributed:
-            for reducible in (mean_loss, *metrics):
-                reduce = getattr(reducible, "reduce", None)
-                if reduce is None:
-                    raise TypeError(f"metric {type(reducible).__name__} has no reduce(all_reduce) method, "
-                                    "so it cannot be combined across ranks")
-                reduce(lambda t: backend.all_reduce(t, "sum"))
-        results = {"loss": mean_loss.compute()}
-        results.update({m.name: m.compute() for m in metrics})
+        with torch.inference_mode():
+            with backend.autocast():
+                for batch_idx, batch in enumerate(loader):
+                    if trainer.stop_signal is not None and not self.distributed:
+                        trainer.interrupt()
+                    if begin is not None:
+                        begin(trainer=trainer, batch_idx=batch_idx)
+                    out = task.evaluation_step(self.eval_forward, backend.to_device(batch))
+                    loss = out.loss.detach().float()
+                    mean_loss.update(loss, out.size)
+                    if metrics is None and trainer.metrics:  # built when predictions show their shape
+                        classes = _classes(out.preds) if task.classification else 0
+                        metrics = self._metrics(classes)
+                    for metric in metrics or ():
+                        metric.update(out.preds, out.targets)
+                    if end is not None:
+                        end(trainer=trainer, batch_idx=batch_idx, loss=loss, evaluation=out)
+            model.train(was_training)
+            if self.distributed and trainer.metrics:  # a rank without batches builds them alike
+                agreed = backend.all_reduce(torch.tensor([float(classes)]), "max")
+                if metrics is None:
+                    metrics = self._metrics(int(agreed.item()))
+            results = {"loss": float(mean_loss.compute())}  # torchmetrics sums over every rank
+            for (entry, _, _), metric in zip(trainer.metrics, metrics or (), strict=False):
+                results[metric_name(entry)] = float(metric.compute())
         return results
+
+    def _metrics(self, classes: int) -> list[Any]:
+        """``task.metrics`` as torchmetrics on the device (``classes``: the logits' width)."""
+        trainer = self.trainer
+        base = trainer.config.base_dir
+
+        def resolve(target: str) -> Any:
+            return resolve_target(target, key="task.metrics", base_dir=base)
+
+        return [build_metric(entry, kwargs, key=key, classes=classes, classification=self.task.classification,
+                             resolve=resolve).to(trainer.device)
+                for entry, kwargs, key in trainer.metrics]
 
     def validate(self, iteration: int) -> dict[str, float]:
         """One validation pass, firing the ``kit_val_*`` hooks and recording ``val/*``."""

@@ -36,7 +36,7 @@ from kit.errors import (
 )
 from kit.interfaces import Backend, CheckpointFormat, State
 from kit.loop import Loop
-from kit.metrics import Metric, MetricKind, MetricRecord, Split
+from kit.metrics import MetricKind, MetricRecord, Split
 from kit.plugins import HookRelay, Isolated, PluginChoice, Registry, get_plugin_manager
 from kit.plugins.manager import instantiate
 from kit.report import say, warn
@@ -44,6 +44,7 @@ from kit.rundir import write_json
 from kit.runstate import Best, Phase, Progress, RunState, RunStatus
 from kit.seed import rng_state, seed_everything, set_rng_state
 from kit.targets import resolve_target
+from kit.tasks import Task
 
 __all__ = ["STOP_SIGNALS", "Trainer"]
 
@@ -127,8 +128,10 @@ class Trainer:
         self.train_loader: torch.utils.data.DataLoader[Any] | None = None
         self.val_loader: torch.utils.data.DataLoader[Any] | None = None
         self.test_loader: torch.utils.data.DataLoader[Any] | None = None
-        self.loss_fn: components.LossFn | None = None
-        self.metric_types: list[type[Metric]] = []
+        self.task: Task | None = None
+        """How a batch becomes a loss and predictions (``task:``, :mod:`kit.tasks`)."""
+        self.metrics: list[tuple[str, dict[str, Any], str]] = []
+        """``task.metrics`` checked: (entry, kwargs, config key); the loop builds them."""
         self.checkpoint_format: CheckpointFormat | None = None
         self.backend: Backend | None = None
         self.loop: Loop | None = None
@@ -253,6 +256,20 @@ class Trainer:
         self.trains = state_cls.trains
         return state_cls(self).run()
 
+    def _build_task(self) -> Task:
+        """The configured task with its options, and the loss it uses."""
+        cfg, base = self.config.task, self.config.base_dir
+        if ":" in cfg.name:
+            task_cls = resolve_target(cfg.name, key="task.name", base_dir=base)
+        else:
+            task_cls = self.registry.load("kit.tasks", cfg.name, key="task.name")
+        if not (isinstance(task_cls, type) and issubclass(task_cls, Task)):
+            raise ConfigError(f"{cfg.name} is not a kit.Task subclass", key="task.name")
+        task: Task = instantiate(task_cls, cfg.options, label=f"task {cfg.name}", where="task")
+        loss = cfg.loss or task.default_loss
+        task.loss = components.resolve_loss(loss, base) if loss else None
+        return task
+
     def _ensure_backend(self) -> Backend:
         if self.backend is None:
             choice = self.config.backend
@@ -299,8 +316,9 @@ class Trainer:
             data, cfg.data, inference_batch_size=train.inference_batch_size, seed=train.seed,
             pin_memory=pin, sampler=backend.sampler, world_size=backend.world_size,
         )
-        self.loss_fn = components.resolve_loss(cfg.task, base)
-        self.metric_types = components.resolve_metrics(cfg.task, base)
+        self.task = self._build_task()
+        self.metrics = components.metric_entries(cfg.task, self.task.default_metrics, base)
+        self.task.check(len(self.metrics))
         self.model.to(self.device)  # before the optimizer: its state follows the parameters
         optimizer = components.build_optimizer(cfg.optimizer, self.model, base)
         self.optimizer = backend.prepare_optimizer(optimizer)

@@ -119,7 +119,7 @@ def test_digits_trains_under_kit_run_nproc_per_node(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "kit", "run", str(EXAMPLES / "digits" / "config.yaml"),
          "--nproc-per-node", "2", "--set", "backend=ddp", "--set", "training.iterations=8",
-         "--set", "loggers=[jsonl]"],
+         "--set", "loggers=[jsonl]", "--set", "plugins=[predictions]"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = run_dirs(tmp_path, "digits")
@@ -128,6 +128,13 @@ def test_digits_trains_under_kit_run_nproc_per_node(tmp_path: Path) -> None:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in lines if json.loads(line)["name"] == "train/loss"]
     assert steps == sorted(set(steps))  # one logger, on rank zero: each step once
+    import numpy as np  # every rank's share of the test split, gathered to rank zero in order
+
+    (test,) = (run_dir / "predictions").glob("test-*.npz")
+    with np.load(test, allow_pickle=False) as saved:
+        assert list(saved["indices"]) == list(range(len(saved["targets"])))
+        accuracy = float((saved["predictions"] == saved["targets"]).mean())
+    assert accuracy == pytest.approx(summary["results"]["test"]["accuracy"])
 
 
 RESUME = {

@@ -161,3 +161,29 @@ def test_ctrl_c_fires_interrupt_then_train_end(kit_config: Any, backend: str) ->
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
     assert recorder.events[-2:] == [("interrupt", 2), ("train_end", "interrupted")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_stop_asked_for_in_iteration_end_is_saved_where_it_stopped(kit_config: Any, backend: str) -> None:
+    class StopAfterFirst:
+        @kit.hookimpl
+        def kit_iteration_end(self, trainer: kit.Trainer, iteration: int) -> None:
+            if iteration == 1:
+                trainer.should_stop = True
+
+    trainer = run(kit_config(training={"iterations": 5, "save_frequency": 5}), StopAfterFirst(),
+                  backend=backend)
+    assert trainer.iteration == 1 and trainer.checkpoints is not None
+    assert [p.name for p in trainer.checkpoints.list()] == [f"step-{trainer.global_step:08d}"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_stop_asked_for_before_the_first_step_trains_nothing(kit_config: Any, backend: str) -> None:
+    class StopAtOnce:
+        @kit.hookimpl
+        def kit_train_begin(self, trainer: kit.Trainer) -> None:
+            trainer.should_stop = True
+
+    recorder = Recorder()
+    trainer = run(kit_config(), StopAtOnce(), recorder, backend=backend)
+    assert trainer.global_step == 0 and "step_begin" not in recorder.names()

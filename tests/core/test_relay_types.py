@@ -17,9 +17,11 @@ import torch
 from kit import hookspecs
 from kit.metrics import MetricRecord
 from kit.plugins.relay import HookRelay, IterationHook, StepEndHook
+from kit.tasks import Evaluation
 from kit.trainer import Trainer
 
-NAMES = {"Trainer": Trainer, "torch": torch, "MetricRecord": MetricRecord, "Any": Any}
+NAMES = {"Trainer": Trainer, "torch": torch, "MetricRecord": MetricRecord, "Evaluation": Evaluation,
+         "Any": Any}
 """What the annotations name under TYPE_CHECKING, to resolve them for comparison."""
 
 
@@ -47,7 +49,8 @@ def _signature_problems(spec: Any, protocol: type) -> list[str]:
 
 def problems(relay: type) -> list[str]:
     """Every way ``relay``'s hook declarations (``kit_*`` annotations) differ from the specs."""
-    declared = {name: hint for name, hint in typing.get_type_hints(relay).items() if name.startswith("kit_")}
+    hints = typing.get_type_hints(relay, localns=NAMES)
+    declared = {name: hint for name, hint in hints.items() if name.startswith("kit_")}
     found = [f"{name}: not declared" for name in hookspecs.HOOK_NAMES if name not in declared]
     found += [f"{name}: no such hook" for name in declared if name not in hookspecs.HOOK_NAMES]
     for name, hint in declared.items():
@@ -109,6 +112,6 @@ def test_a_wrong_declaration_is_named_with_what_is_wrong() -> None:
 
 
 def test_a_hook_left_out_is_named() -> None:
-    hints = {k: v for k, v in typing.get_type_hints(HookRelay).items() if k != "kit_interrupt"}
+    hints = {k: v for k, v in typing.get_type_hints(HookRelay, localns=NAMES).items() if k != "kit_interrupt"}
     partial = type("Partial", (), {"__annotations__": hints})
     assert problems(partial) == ["kit_interrupt: not declared"]

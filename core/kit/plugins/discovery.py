@@ -50,6 +50,7 @@ GROUPS: tuple[str, ...] = (
     "kit.backends",
     "kit.loggers",
     "kit.checkpoint_formats",
+    "kit.tasks",
     "kit.plugins",
     "kit.commands",
 )
@@ -356,14 +357,15 @@ class Registry:
         return loaded
 
 
-_NAMED = frozenset({"kit.states", "kit.backends", "kit.checkpoint_formats"})
-"""The groups whose interfaces (State, Backend, CheckpointFormat) carry a ``name`` attribute."""
+_NAMED = frozenset({"kit.states", "kit.backends", "kit.checkpoint_formats", "kit.tasks"})
+"""The groups whose interfaces (State, Backend, CheckpointFormat, Task) carry a ``name``."""
 
 _KIND = {
     "kit.states": "mode",
     "kit.backends": "backend",
     "kit.loggers": "logger",
     "kit.checkpoint_formats": "checkpoint format",
+    "kit.tasks": "task",
     "kit.plugins": "plugin",
     "kit.commands": "command",
 }

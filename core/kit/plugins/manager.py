@@ -127,7 +127,9 @@ def get_plugin_manager(
     :param choices: plugins and loggers asked for by name, with their options.
     :param registry: where entry points come from; the installed packages by default.
     :param autoload: load every ``kit.plugins`` entry point; default: on unless
-        ``KIT_DISABLE_PLUGIN_AUTOLOAD`` is set.
+        ``KIT_DISABLE_PLUGIN_AUTOLOAD`` is set. A plugin class with ``autoload = False``
+        (kit's built-in plugins: ``early_stopping``, ``timer``, …) is opt-in: it runs
+        only when ``plugins:`` lists it or ``-p NAME`` asks for it.
     :param blocked: plugin names that must not load (``-p no:NAME``), or entry points
         (``-p no:package[entry]``, to choose between two packages with one name).
     """
@@ -151,11 +153,14 @@ def get_plugin_manager(
         for spec in registry.group("kit.plugins"):
             if pm.is_blocked(spec.name) or spec.name in chosen or pm.has_plugin(spec.name):
                 continue
+            registry.find("kit.plugins", spec.name)  # two packages with this name: say which, how to choose
             try:
                 loaded = spec.load()
             except PluginLoadError as exc:  # say how to run without it
                 raise PluginLoadError(spec.label, exc.cause,
                                       hint=exc.hint or f"skip it with `kit -p no:{spec.name} …`") from exc
+            if getattr(loaded, "autoload", True) is False:  # opt-in: it runs when a config lists it
+                continue
             _register(pm, spec.name, instantiate(loaded, {}, label=spec.label), spec.label)
     for choice in choices:
         if pm.is_blocked(choice.name) or pm.has_plugin(choice.name):

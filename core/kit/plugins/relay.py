@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import torch
 
     from kit.metrics import MetricRecord
+    from kit.tasks import Evaluation
     from kit.trainer import Trainer
 
 __all__ = [
@@ -80,7 +81,8 @@ class EvalStepBeginHook(Protocol):
 
 
 class EvalStepEndHook(Protocol):
-    def __call__(self, *, trainer: Trainer, batch_idx: int, loss: torch.Tensor) -> None: ...
+    def __call__(self, *, trainer: Trainer, batch_idx: int, loss: torch.Tensor,
+                 evaluation: Evaluation) -> None: ...
 
 
 class ValEndHook(Protocol):

@@ -93,3 +93,10 @@ def test_a_misnamed_format_is_refused_before_anything_is_written(kit_config: Any
     with pytest.raises(KitError, match=r"acme\[mine\].*'other'"):
         kit.Trainer(config, registry=registry, autoload=False).run()
     assert not (Path(config.runs_dir) / config.experiment).exists()
+
+
+def test_two_autoloaded_plugins_with_one_name_are_an_error_not_a_silent_pick() -> None:
+    registry = Registry([spec("dup", "fake_plugins:NoOptions", package="one"),
+                         spec("dup", "fake_plugins:WithOptions", package="two")])
+    with pytest.raises(KitError, match=r"one\[dup\], two\[dup\].*-p no:two\[dup\]"):
+        get_plugin_manager(registry=registry, autoload=True)
