@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from kit.config import OptimizerConfig, SchedulerConfig, TaskConfig
+from kit.config import OptimizerConfig, SchedulerConfig
 from kit.errors import ConfigError, first_line
 from kit.targets import resolve_target
 
-__all__ = ["build_optimizer", "build_scheduler", "call_factory", "metric_entries", "resolve_loss"]
+__all__ = ["build_optimizer", "build_scheduler", "call_factory", "resolve_loss"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -81,26 +81,6 @@ def _build_builtin(cls: Any, name: str, kwargs: Mapping[str, Any], *, key: str, 
         raise ConfigError(f"torch's {cls.__name__} rejected these options: {first_line(exc)}",
                           key=f"{key}.kwargs",
                           hint="fix the values") from None
-
-
-def metric_entries(task: TaskConfig, default: tuple[str, ...], base_dir: Path | None
-                   ) -> list[tuple[str, dict[str, Any], str]]:
-    """``task.metrics`` (or the task's default) as (entry, kwargs, config key), each name
-    checked now, so a typo is refused before anything is written."""
-    from kit.tasks import _METRICS
-
-    out: list[tuple[str, dict[str, Any], str]] = []
-    for i, item in enumerate(task.metrics if task.metrics is not None else default):
-        key = f"task.metrics[{i}]"
-        entry, kwargs = next(iter(item.items())) if isinstance(item, dict) else (item, {})
-        if ":" in entry:
-            resolve_target(entry, key=key, base_dir=base_dir)
-        elif entry not in _METRICS:
-            raise ConfigError(f"unknown metric {entry!r}", key=key,
-                              hint=f"built-in: {', '.join(sorted(_METRICS))}; or an import target such "
-                                   "as `torchmetrics:MeanSquaredError`")
-        out.append((entry, dict(kwargs or {}), key))
-    return out
 
 
 def build_optimizer(

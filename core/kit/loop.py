@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from kit.data import EpochSampler
-from kit.targets import resolve_target
-from kit.tasks import build_metric, metric_name
+from kit.tasks import build_metric
 
 if TYPE_CHECKING:
     from kit.interfaces import Backend
@@ -504,21 +503,14 @@ class Loop:
                 if metrics is None:
                     metrics = self._metrics(int(agreed.item()))
             results = {"loss": float(mean_loss.compute())}  # torchmetrics sums over every rank
-            for (entry, _, _), metric in zip(trainer.metrics, metrics or (), strict=False):
-                results[metric_name(entry)] = float(metric.compute())
+            for spec, metric in zip(trainer.metrics, metrics or (), strict=False):
+                results[spec.name] = float(metric.compute())
         return results
 
     def _metrics(self, classes: int) -> list[Any]:
         """``task.metrics`` as torchmetrics on the device (``classes``: the logits' width)."""
-        trainer = self.trainer
-        base = trainer.config.base_dir
-
-        def resolve(target: str) -> Any:
-            return resolve_target(target, key="task.metrics", base_dir=base)
-
-        return [build_metric(entry, kwargs, key=key, classes=classes, classification=self.task.classification,
-                             resolve=resolve).to(trainer.device)
-                for entry, kwargs, key in trainer.metrics]
+        return [build_metric(spec, classes=classes, classification=self.task.classification)
+                .to(self.trainer.device) for spec in self.trainer.metrics]
 
     def validate(self, iteration: int) -> dict[str, float]:
         """One validation pass, firing the ``kit_val_*`` hooks and recording ``val/*``."""

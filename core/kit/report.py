@@ -40,7 +40,7 @@ class _Stderr(logging.Handler):
 
 def _logger() -> logging.Logger:
     log = logging.getLogger(LOGGER)
-    if not any(isinstance(h, _Stderr) for h in log.handlers) and not getattr(log, "_kit_set_up", False):
+    if not getattr(log, "_kit_set_up", False):
         log.addHandler(_Stderr())
         if log.level == logging.NOTSET:
             log.setLevel(logging.INFO)

@@ -10,8 +10,9 @@ Metrics are torchmetrics', built once the first predictions show their shape (so
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -22,7 +23,8 @@ from kit.errors import ConfigError
 if TYPE_CHECKING:
     import torchmetrics
 
-__all__ = ["Classification", "Evaluation", "ModelLoss", "Regression", "Task", "build_metric", "metric_name"]
+__all__ = ["Classification", "Evaluation", "MetricSpec", "ModelLoss", "Regression", "Task", "build_metric",
+           "metric_name", "metric_specs"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -204,21 +206,49 @@ def metric_name(entry: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", tail).lower()
 
 
-def build_metric(entry: str, kwargs: Mapping[str, Any], *, key: str, classes: int,
-                 classification: bool, resolve: Callable[[str], Any]) -> torchmetrics.Metric:
-    """A torchmetrics metric from a config entry; a multiclass one gets ``num_classes`` from
+@dataclass(frozen=True)
+class MetricSpec:
+    """One entry of ``task.metrics``, its class found when the run is built."""
+
+    entry: str
+    """As the config wrote it: a short name or an import target."""
+    name: str
+    """What it is recorded as: ``val/<name>``."""
+    cls: Any
+    kwargs: dict[str, Any]
+    key: str
+    """The config key that asked for it, for errors."""
+
+
+def metric_specs(entries: Sequence[str | Mapping[str, Any]], *, base_dir: Path | None) -> list[MetricSpec]:
+    """``task.metrics`` entries (a name, or ``{name: {kwargs}}``), each class found now, so a
+    typo or an import target that does not import is refused before anything is written."""
+    import torchmetrics
+
+    from kit.targets import resolve_target
+
+    specs = []
+    for i, item in enumerate(entries):
+        key = f"task.metrics[{i}]"
+        entry, kwargs = next(iter(item.items())) if isinstance(item, Mapping) else (item, {})
+        if ":" in entry:
+            cls = resolve_target(entry, key=key, base_dir=base_dir)
+        elif entry in _METRICS:
+            cls = getattr(torchmetrics, _METRICS[entry])
+        else:
+            raise ConfigError(f"unknown metric {entry!r}", key=key,
+                              hint=f"built-in: {', '.join(sorted(_METRICS))}; or an import target such as "
+                                   "`torchmetrics:MeanSquaredError`")
+        specs.append(MetricSpec(entry, metric_name(entry), cls, dict(kwargs or {}), key))
+    return specs
+
+
+def build_metric(spec: MetricSpec, *, classes: int, classification: bool) -> torchmetrics.Metric:
+    """A fresh torchmetrics metric for ``spec``; a multiclass one gets ``num_classes`` from
     ``classes`` (the first predictions' last dimension) unless its kwargs say."""
     import torchmetrics
 
-    if ":" in entry:
-        cls = resolve(entry)
-    elif entry in _METRICS:
-        cls = getattr(torchmetrics, _METRICS[entry])
-    else:
-        raise ConfigError(f"unknown metric {entry!r}", key=key,
-                          hint=f"built-in: {', '.join(sorted(_METRICS))}; or an import target such as "
-                               "`torchmetrics:MeanSquaredError`")
-    args = dict(kwargs)
+    cls, args = spec.cls, dict(spec.kwargs)
     if classification and getattr(cls, "__name__", "") in _CLASSIFICATION and "task" not in args:
         args["task"] = "multiclass"
         if "num_classes" not in args and classes:
@@ -226,9 +256,9 @@ def build_metric(entry: str, kwargs: Mapping[str, Any], *, key: str, classes: in
     try:
         metric = cls(**args)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{getattr(cls, '__name__', entry)} rejected these options: {exc}", key=key,
-                          hint="fix the values") from None
+        raise ConfigError(f"{getattr(cls, '__name__', spec.entry)} rejected these options: {exc}",
+                          key=spec.key, hint="fix the values") from None
     if not isinstance(metric, torchmetrics.Metric):
-        raise ConfigError(f"{entry} is not a torchmetrics.Metric", key=key,
+        raise ConfigError(f"{spec.entry} is not a torchmetrics.Metric", key=spec.key,
                           hint="subclass torchmetrics.Metric")
     return metric

@@ -38,13 +38,13 @@ from kit.interfaces import Backend, CheckpointFormat, State
 from kit.loop import Loop
 from kit.metrics import MetricKind, MetricRecord, Split
 from kit.plugins import HookRelay, Isolated, PluginChoice, Registry, get_plugin_manager
-from kit.plugins.manager import instantiate
+from kit.plugins.manager import instantiate, load_named
 from kit.report import say, warn
 from kit.rundir import write_json
 from kit.runstate import Best, Phase, Progress, RunState, RunStatus
 from kit.seed import rng_state, seed_everything, set_rng_state
 from kit.targets import resolve_target
-from kit.tasks import Task
+from kit.tasks import MetricSpec, Task, metric_specs
 
 __all__ = ["STOP_SIGNALS", "Trainer"]
 
@@ -130,8 +130,8 @@ class Trainer:
         self.test_loader: torch.utils.data.DataLoader[Any] | None = None
         self.task: Task | None = None
         """How a batch becomes a loss and predictions (``task:``, :mod:`kit.tasks`)."""
-        self.metrics: list[tuple[str, dict[str, Any], str]] = []
-        """``task.metrics`` checked: (entry, kwargs, config key); the loop builds them."""
+        self.metrics: list[MetricSpec] = []
+        """``task.metrics`` (or the task's own), classes found; the loop builds them."""
         self.checkpoint_format: CheckpointFormat | None = None
         self.backend: Backend | None = None
         self.loop: Loop | None = None
@@ -259,10 +259,7 @@ class Trainer:
     def _build_task(self) -> Task:
         """The configured task with its options, and the loss it uses."""
         cfg, base = self.config.task, self.config.base_dir
-        if ":" in cfg.name:
-            task_cls = resolve_target(cfg.name, key="task.name", base_dir=base)
-        else:
-            task_cls = self.registry.load("kit.tasks", cfg.name, key="task.name")
+        _, task_cls = load_named(self.registry, "kit.tasks", cfg.name, key="task.name", base_dir=base)
         if not (isinstance(task_cls, type) and issubclass(task_cls, Task)):
             raise ConfigError(f"{cfg.name} is not a kit.Task subclass", key="task.name")
         task: Task = instantiate(task_cls, cfg.options, label=f"task {cfg.name}", where="task")
@@ -317,7 +314,8 @@ class Trainer:
             pin_memory=pin, sampler=backend.sampler, world_size=backend.world_size,
         )
         self.task = self._build_task()
-        self.metrics = components.metric_entries(cfg.task, self.task.default_metrics, base)
+        entries = cfg.task.metrics if cfg.task.metrics is not None else self.task.default_metrics
+        self.metrics = metric_specs(entries, base_dir=base)
         self.task.check(len(self.metrics))
         self.model.to(self.device)  # before the optimizer: its state follows the parameters
         optimizer = components.build_optimizer(cfg.optimizer, self.model, base)

@@ -27,6 +27,7 @@ __all__ = [
     "PluginChoice",
     "get_plugin_manager",
     "instantiate",
+    "load_named",
 ]
 
 
@@ -87,15 +88,22 @@ def instantiate(obj: Any, options: Mapping[str, Any], *, label: str, where: str 
     return obj(validated)
 
 
-def _load_choice(choice: PluginChoice, registry: Registry) -> tuple[str, Any]:
-    if ":" in choice.name:  # an import target, resolved like the config's model and data
+def load_named(registry: Registry, group: str, name: str, *, key: str | None,
+               base_dir: Path | None) -> tuple[str, Any]:
+    """What a config names for ``group``: an import target (``pkg.mod:attr``, resolved like
+    the config's model and data) or an installed entry point; ``(label, object)``, the label
+    being how errors name it (the target, or ``package[entry]``)."""
+    if ":" in name:
         from kit.targets import resolve_target
 
-        label = choice.name
-        loaded = resolve_target(choice.name, key=choice.where or choice.name, base_dir=choice.base_dir)
-    else:
-        loaded = registry.load(choice.group, choice.name, key=choice.where or None)
-        label = registry.find(choice.group, choice.name).label
+        return name, resolve_target(name, key=key or name, base_dir=base_dir)
+    loaded = registry.load(group, name, key=key)
+    return registry.find(group, name).label, loaded
+
+
+def _load_choice(choice: PluginChoice, registry: Registry) -> tuple[str, Any]:
+    label, loaded = load_named(registry, choice.group, choice.name, key=choice.where or None,
+                               base_dir=choice.base_dir)
     return label, instantiate(loaded, choice.options, label=label, where=choice.where)
 
 
