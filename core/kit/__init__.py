@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from kit.plugins import HookRelay, PluginChoice, Registry, get_plugin_manager
     from kit.report import say, warn
     from kit.rundir import atomic_write, write_json
+    from kit.session import Session
     from kit.states import ContinueTraining, EvaluateOnly, TrainNew
     from kit.targets import resolve_target
     from kit.tasks import Evaluation, Task
@@ -59,6 +60,7 @@ __all__ = [
     "PluginNotFoundError",
     "Registry",
     "RunPath",
+    "Session",
     "State",
     "TargetError",
     "Task",
@@ -94,6 +96,7 @@ _LAZY = {
     "atomic_write": "kit.rundir",
     "write_json": "kit.rundir",
     "Trainer": "kit.trainer",
+    "Session": "kit.session",  # kit's loggers, plugins and hooks inside someone else's loop
     "KitConfig": "kit.config",
     "load_config": "kit.config",
     "Data": "kit.data",

@@ -19,10 +19,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from kit.errors import ConfigError, first_line, validation_message
 
@@ -199,8 +201,12 @@ class KitConfig(_Model):
         "default", json_schema_extra={"pattern": NAME_PATTERN},
         description="a folder name under runs_dir: letters, digits, _ . -; at most 100 characters")
     runs_dir: Path = Field(Path("runs"), description="relative paths resolve from the working directory")
-    model: TargetConfig
-    data: DataConfig
+    model: TargetConfig | None = Field(
+        None, validate_default=True,
+        description="the model factory; required, except in an embedding kit.Session")
+    data: DataConfig | None = Field(
+        None, validate_default=True,
+        description="the data factory; required, except in an embedding kit.Session")
     task: TaskConfig = Field(default_factory=TaskConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig | None = None
@@ -224,6 +230,15 @@ class KitConfig(_Model):
             raise ValueError(
                 f"{value[:40] + '…' if len(value) > 40 else value!r} is not a folder name: use letters, "
                 "digits, '_', '.' and '-', not starting with '.' or '-', at most 100 characters")
+        return value
+
+    @field_validator("model", "data")
+    @classmethod
+    def _required_to_train(cls, value: Any, info: ValidationInfo) -> Any:
+        """A run needs both; only a :class:`kit.Session` (someone else's loop) validates with
+        ``context={"embedded": True}`` and has neither."""
+        if value is None and not (info.context or {}).get("embedded"):
+            raise PydanticCustomError("missing", "Field required")
         return value
 
     @field_validator("runs_dir")
@@ -445,10 +460,11 @@ def _known_keys(loc: list[str]) -> list[str]:
     return sorted(name for name, field in model.model_fields.items() if not field.exclude)
 
 
-def validate_config(data: Mapping[str, Any], *, source: str = "config") -> KitConfig:
-    """Validate raw data, turning pydantic's report into one clear :class:`ConfigError`."""
+def validate_config(data: Mapping[str, Any], *, source: str = "config", embedded: bool = False) -> KitConfig:
+    """Validate raw data, turning pydantic's report into one clear :class:`ConfigError`;
+    ``embedded``: for a :class:`kit.Session`, which needs no model or data."""
     try:
-        return KitConfig.model_validate(dict(data))
+        return KitConfig.model_validate(dict(data), context={"embedded": embedded})
     except ValidationError as exc:
         raise _explain(exc, data, source) from None
 

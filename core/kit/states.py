@@ -25,14 +25,15 @@ from kit.report import say, warn
 from kit.rundir import create_run_dir, write_json, write_text
 from kit.runs import find_run, latest_run, run_info
 
-__all__ = ["AutoResume", "ContinueTraining", "EvaluateOnly", "TrainNew", "format_results"]
+__all__ = ["AutoResume", "ContinueTraining", "EvaluateOnly", "TrainNew", "format_results", "save_run_config"]
 
 
 RUN_CONFIG_HEADER = "# kit run:"
 """The first line kit writes into a run's ``config.yaml``: what tells a run from a project folder."""
 
 
-def _save_config(run_dir: Path, config: dict[str, Any]) -> None:
+def save_run_config(run_dir: Path, config: dict[str, Any]) -> None:
+    """Write the run's ``config.yaml``, marked as kit's so a project folder is never taken for a run."""
     header = (f"{RUN_CONFIG_HEADER} the resolved config this run started with (kit {__version__}); "
               "kit reads it back to resume\n")
     write_text(run_dir / "config.yaml", header + yaml.safe_dump(config, sort_keys=False))
@@ -87,7 +88,7 @@ class TrainNew(State):
         """A new run directory under ``runs_dir/experiment``, holding the resolved config."""
         config = self.trainer.config
         run_dir = create_run_dir(config.runs_dir, config.experiment)
-        _save_config(run_dir, config.resolved())
+        save_run_config(run_dir, config.resolved())
         return run_dir
 
     def execute(self) -> None:
@@ -156,7 +157,7 @@ class ContinueTraining(TrainNew):
                 "changes": [{"key": c.key, "old": c.old, "new": c.new, "safe": c.safe}
                             for c in changes],
             }, default=str) + "\n")
-        _save_config(run_dir, new)
+        save_run_config(run_dir, new)
 
 
 class AutoResume(ContinueTraining):
@@ -228,7 +229,7 @@ class EvaluateOnly(State):
             # runs/<experiment>/evaluations/, where no continue or auto takes it for a run.
             self.checkpoint = trainer.read_checkpoint(self.folder)
             run_dir = create_run_dir(cfg.runs_dir, f"{cfg.experiment}/evaluations")
-            _save_config(run_dir, cfg.resolved())
+            save_run_config(run_dir, cfg.resolved())
             return run_dir
         run_dir = find_run(cfg.runs_dir, cfg.experiment, trainer.requested_run_dir, mode="evaluate")
         return _check_is_run(run_dir) if trainer.requested_run_dir is not None else run_dir

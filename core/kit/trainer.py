@@ -12,9 +12,9 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import torch
 
@@ -75,6 +75,9 @@ class Trainer:
     :param run_dir: the run to continue or evaluate (default: the experiment's latest).
     :param checkpoint: what ``evaluate`` loads: ``best``, ``last`` or a path.
     :param allow_config_change: let ``continue`` accept changes that can break resumption.
+    :param broken_plugins: an autoloaded plugin that fails to load stops the run (``raise``)
+        or is skipped with a warning (``skip``, what :class:`kit.Session` uses).
+    :param hparams: what :meth:`hparams` gives loggers; default: the resolved config.
     """
 
     def __init__(
@@ -90,6 +93,8 @@ class Trainer:
         run_dir: Path | None = None,
         checkpoint: str | None = None,
         allow_config_change: bool = False,
+        broken_plugins: Literal["raise", "skip"] = "raise",
+        hparams: Mapping[str, Any] | None = None,
     ) -> None:
         if backend is not None and backend != config.backend.name:
             config = config.model_copy(update={"backend": BackendConfig(name=backend)})
@@ -103,6 +108,7 @@ class Trainer:
         self.requested_run_dir = run_dir
         self.requested_checkpoint = checkpoint
         self.allow_config_change = allow_config_change
+        self._hparams = dict(hparams) if hparams is not None else None
 
         self.state = RunState()
         """Where the run stands; the loop advances it and checkpoints record it. Plugins read
@@ -143,6 +149,7 @@ class Trainer:
             registry=self.registry,
             autoload=autoload,
             blocked=self._blocked,
+            broken=broken_plugins,
         )
         self.hooks = HookRelay(self.pm)
         self._logger_names = {p.name for p in config.loggers}
@@ -237,7 +244,8 @@ class Trainer:
             plain = all(not isinstance(v, dict | list) for v in value)
             return ", ".join(map(str, value)) if plain else str(value)
 
-        return {key: scalar(value) for key, value in flatten(self.config.resolved()).items()}
+        source = self._hparams if self._hparams is not None else self.config.resolved()
+        return {key: scalar(value) for key, value in flatten(source).items()}
 
     def add_plugin(self, plugin: object, name: str | None = None) -> None:
         """Register a plugin mid-run (a logger's progress bars, say) and re-resolve hooks."""
@@ -279,7 +287,12 @@ class Trainer:
     def launch(self) -> None:
         """Join the other ranks (the backend's launch); loggers then stay on global rank zero."""
         self._ensure_backend().launch(self)
-        if not self.is_global_zero:  # decided once, here: no logger needs a rank guard
+        self.keep_loggers_on_rank_zero()
+
+    def keep_loggers_on_rank_zero(self) -> None:
+        """Unregister the configured loggers on every other rank: decided once, here, so no
+        logger needs a rank guard."""
+        if not self.is_global_zero:
             for name, plugin in list(self.pm.list_name_plugin()):
                 if name in self._logger_names and plugin is not None:
                     self.pm.unregister(plugin)
@@ -294,6 +307,9 @@ class Trainer:
             train.device == "auto" and torch.cuda.is_available()
         ):
             raise ConfigError("fp16 needs CUDA", key="training.precision", hint="use bf16 on CPU")
+        if cfg.model is None or cfg.data is None:  # a kit.Session's config: someone else's loop
+            raise ConfigError("required to train, and this config has none",
+                              key="model" if cfg.model is None else "data", hint="add it")
         seed_everything(train.seed, deterministic=train.deterministic)
         self.checkpoint_format = self._format_named(cfg.checkpoint.format)
         backend = self._ensure_backend()
@@ -511,7 +527,8 @@ class Trainer:
         if hook is None and not monitored:
             return
         if isinstance(value, torch.Tensor):
-            value = value.item() if value.numel() == 1 else value.detach().cpu().tolist()
+            value = value.detach()
+            value = value.item() if value.numel() == 1 else value.cpu().tolist()
         if monitored:
             self._monitored = (float(value), self.global_step)
         if hook is None:

@@ -9,11 +9,14 @@ broken stretch of data), so after ``max_consecutive`` in a row the guard stops t
 since skipped steps change nothing, the checkpoint the loop saves then holds the last
 good weights.
 
-Cost: one fused reduction on the device (a 1-norm per gradient in one
-``torch._foreach_norm``, stacked with the loss) and one host read of that short vector
-per optimizer step: the decision needs its result on the host, so on a GPU this is one
-sync per step. Under ``precision: "16"`` only the loss is checked: overflowing gradients
-are the grad scaler's to handle (it skips those steps and lowers its scale).
+Cost: one fused pass over the gradients per optimizer step, the one the grad scaler
+uses to find overflows (``torch._amp_foreach_non_finite_check_and_unscale_`` with a
+scale of 1, which leaves every value as it was), and one host read of its flag and the
+loss: the decision needs them on the host, so on a GPU this is one sync per step. Only
+when a step is bad are the gradients' 1-norms computed, to name the parameter. Gradients
+of mixed devices or dtypes, or sparse ones, take one ``torch._foreach_norm`` instead.
+Under ``precision: "16"`` only the loss is checked: overflowing gradients are the grad
+scaler's to handle (it skips those steps and lowers its scale).
 """
 
 from __future__ import annotations
@@ -56,13 +59,42 @@ class _Plan(NamedTuple):
     """The 1-norms' dtype: float32 for 16-bit gradients (their sums overflow float16 early)."""
     on_cpu: bool
     """Read the values one by one: a CPU tensor is read without waiting, and stacking costs more."""
+    found: torch.Tensor | None
+    """The fused check's flag (``None``: gradients of mixed kinds take the 1-norms instead)."""
+    one: torch.Tensor | None
+    """Its scale: 1."""
 
 
 def _plan(trainer: Trainer, optimizer: torch.optim.Optimizer, loss: torch.Tensor, gradients: bool) -> _Plan:
     dtypes = {p.dtype for group in optimizer.param_groups for p in group["params"]}
     widen = bool(dtypes & _SHORT) and torch.float64 not in dtypes  # float64 cannot narrow to float32
-    return _Plan(optimizer, gradients and trainer.config.training.precision != "16",
-                 torch.float32 if widen else None, loss.device.type == "cpu")
+    gradients = gradients and trainer.config.training.precision != "16"
+    grads = _gradients(optimizer) if gradients else []
+    found = one = None
+    kinds = {(g.device, g.dtype, g.layout) for g in grads}
+    if len(kinds) == 1 and next(iter(kinds))[2] == torch.strided:
+        found = torch.zeros(1, device=grads[0].device)
+        one = torch.ones(1, device=grads[0].device)
+        try:  # torch builds without the CPU kernel (before 2.3) take the 1-norms
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)
+        except (RuntimeError, NotImplementedError):
+            found = one = None
+    return _Plan(optimizer, gradients, torch.float32 if widen else None, loss.device.type == "cpu",
+                 found, one)
+
+
+def _finite(plan: _Plan, loss: torch.Tensor) -> bool:
+    """Whether the loss and every gradient are finite; one fused pass and one host read."""
+    grads = _gradients(plan.optimizer) if plan.gradients else []
+    if not grads:
+        return math.isfinite(loss.item())
+    if plan.found is not None and plan.one is not None:
+        plan.found.zero_()
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, plan.found, plan.one)
+        if plan.on_cpu:
+            return math.isfinite(loss.item()) and not plan.found.item()
+        return (plan.found + loss.detach().float() * 0).item() == 0  # NaN for a non-finite loss
+    return math.isfinite(sum(_finite_check(plan, loss)))
 
 
 def _finite_check(plan: _Plan, loss: torch.Tensor) -> list[float]:
@@ -129,9 +161,9 @@ class NanGuard:
         plan = self._plan
         if plan is None or plan.optimizer is not optimizer:
             plan = self._plan = _plan(trainer, optimizer, loss, self.options.check_gradients)
-        values = _finite_check(plan, loss)
-        if math.isfinite(sum(values)):  # the usual case: no Python loop over the values
+        if _finite(plan, loss):  # the usual case
             return None
+        values = _finite_check(plan, loss)  # a bad step: which value is not finite
         if not math.isfinite(values[0]):
             return "non-finite loss"
         return _where(trainer, optimizer, values[1:])

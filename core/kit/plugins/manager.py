@@ -10,14 +10,14 @@ import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pluggy
 
 from kit import hookspecs
 from kit.errors import ConfigError, KitError, PluginLoadError, validation_message
 from kit.markers import PROJECT
-from kit.plugins.discovery import AUTOLOAD_ENV, Registry, autoload_enabled
+from kit.plugins.discovery import AUTOLOAD_ENV, EntryPointSpec, Registry, autoload_enabled
 from kit.plugins.isolation import Isolated
 from kit.report import say, warn
 
@@ -128,6 +128,7 @@ def get_plugin_manager(
     registry: Registry | None = None,
     autoload: bool | None = None,
     blocked: Iterable[str] = (),
+    broken: Literal["raise", "skip"] = "skip",
 ) -> KitPluginManager:
     """Build a new plugin manager holding kit's hook specs and the selected plugins.
 
@@ -140,6 +141,10 @@ def get_plugin_manager(
         only when ``plugins:`` lists it or ``-p NAME`` asks for it.
     :param blocked: plugin names that must not load (``-p no:NAME``), or entry points
         (``-p no:package[entry]``, to choose between two packages with one name).
+    :param broken: what an autoloaded plugin that fails to load does: ``skip`` (warn once
+        and go on without it: a program embedding kit must not break because some other
+        installed package is broken) or ``raise`` (a kit run: a plugin the user installed
+        does not silently go missing). A plugin chosen by name always raises.
     """
     pm = KitPluginManager()
     pm.add_hookspecs(hookspecs)
@@ -161,15 +166,14 @@ def get_plugin_manager(
         for spec in registry.group("kit.plugins"):
             if pm.is_blocked(spec.name) or spec.name in chosen or pm.has_plugin(spec.name):
                 continue
-            registry.find("kit.plugins", spec.name)  # two packages with this name: say which, how to choose
             try:
-                loaded = spec.load()
-            except PluginLoadError as exc:  # say how to run without it
-                raise PluginLoadError(spec.label, exc.cause,
-                                      hint=exc.hint or f"skip it with `kit -p no:{spec.name} …`") from exc
-            if getattr(loaded, "autoload", True) is False:  # opt-in: it runs when a config lists it
-                continue
-            _register(pm, spec.name, instantiate(loaded, {}, label=spec.label), spec.label)
+                _autoload(pm, registry, spec)
+            except KitError as exc:
+                if broken == "raise":
+                    raise
+                # someone else's broken package must not break a program that merely embeds kit
+                warn(f"{exc.message}; skipped: it will not run (blocked=[{spec.name!r}] leaves it out "
+                     "without this warning)")
     for choice in choices:
         if pm.is_blocked(choice.name) or pm.has_plugin(choice.name):
             continue
@@ -178,6 +182,19 @@ def get_plugin_manager(
         _register(pm, choice.name, Isolated(plugin, label) if choice.isolate else plugin, label)
     _check_hooks(pm)
     return pm
+
+
+def _autoload(pm: KitPluginManager, registry: Registry, spec: EntryPointSpec) -> None:
+    """Load, instantiate and register one ``kit.plugins`` entry point nobody chose by name."""
+    registry.find("kit.plugins", spec.name)  # two packages with this name: say which, how to choose
+    try:
+        loaded = spec.load()
+    except PluginLoadError as exc:  # say how to run without it
+        raise PluginLoadError(spec.label, exc.cause, hint=exc.hint or (
+            f"leave it out with `kit -p no:{spec.name} …`, or blocked=[{spec.name!r}] in Python")) from exc
+    if getattr(loaded, "autoload", True) is False:  # opt-in: it runs when a config lists it
+        return
+    _register(pm, spec.name, instantiate(loaded, {}, label=spec.label), spec.label)
 
 
 def _register(pm: KitPluginManager, name: str, plugin: Any, label: str) -> None:

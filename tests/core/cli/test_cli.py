@@ -169,5 +169,5 @@ def test_a_broken_plugin_breaks_only_the_runs_that_load_it(
     failed = invoke("run", path)
     assert failed.exit_code == 2
     assert failed.stderr.startswith("Error: plugin acme[broken] failed to load: ModuleNotFoundError")
-    assert "skip it with `kit -p no:broken …`" in failed.stderr
+    assert "leave it out with `kit -p no:broken …`" in failed.stderr
     assert invoke("-p", "no:broken", "run", path).exit_code == 0

@@ -50,10 +50,23 @@ def test_blocked_plugins_never_load() -> None:
     assert not pm.has_plugin("noopt") and not pm.has_plugin("broken")
 
 
+def test_broken_autoloaded_plugin_is_skipped_with_one_warning_and_no_cli_advice(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    reg = registry(("broken", "broken_plugin_mod:X"), ("noopt", "fake_plugins:NoOptions"))
+    pm = get_plugin_manager(registry=reg, autoload=True)  # what a program embedding kit gets
+    assert pm.has_plugin("noopt") and not pm.has_plugin("broken")
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "fake[broken] failed to load" in err and "skipped" in err and "blocked=['broken']" in err
+    assert "-p no:" not in err and "kit -" not in err
+
+
 def test_broken_autoloaded_plugin_names_package_and_entry() -> None:
     with pytest.raises(PluginLoadError, match=r"fake\[broken\] failed to load") as info:
-        get_plugin_manager(registry=registry(("broken", "broken_plugin_mod:X")), autoload=True)
-    assert str(info.value).endswith("(skip it with `kit -p no:broken …`)")
+        get_plugin_manager(registry=registry(("broken", "broken_plugin_mod:X")), autoload=True,
+                           broken="raise")
+    assert str(info.value).endswith(
+        "(leave it out with `kit -p no:broken …`, or blocked=['broken'] in Python)")
     assert "\n" not in str(info.value)
 
 
@@ -94,7 +107,7 @@ def test_unknown_hook_is_refused_with_a_suggestion() -> None:
 def test_wrong_hook_arguments_name_the_plugin() -> None:
     reg = registry(("wrong", "fake_plugins:WrongArgs"))
     with pytest.raises(PluginLoadError, match=r"fake\[wrong\].*los"):
-        get_plugin_manager(registry=reg, autoload=True)
+        get_plugin_manager(registry=reg, autoload=True, broken="raise")
 
 
 def test_relay_resolves_unimplemented_hooks_to_none() -> None:

@@ -99,4 +99,4 @@ def test_two_autoloaded_plugins_with_one_name_are_an_error_not_a_silent_pick() -
     registry = Registry([spec("dup", "fake_plugins:NoOptions", package="one"),
                          spec("dup", "fake_plugins:WithOptions", package="two")])
     with pytest.raises(KitError, match=r"one\[dup\], two\[dup\].*-p no:two\[dup\]"):
-        get_plugin_manager(registry=registry, autoload=True)
+        get_plugin_manager(registry=registry, autoload=True, broken="raise")
