@@ -1,147 +1,235 @@
-"""kit's model inside Lightning: a ``LightningModule`` around the user's ``torch.nn.Module``.
+"""``lightning``: kit's own loop on Lightning Fabric's accelerators, strategies and precision.
 
-A checkpoint is data, never code. Its ``kit_model`` hyperparameter (the model's kit
-target and keyword arguments) is a record for people and for the caller's allow-list;
-nothing here imports a module, or puts a folder on ``sys.path``, because a file named
-it. The caller chooses what builds the model::
+Fabric decides where tensors live and how they move: the accelerator and device, the
+process group and ``DistributedDataParallel`` (strategy ``ddp``), and mixed or true
+low precision with its grad scaler. kit keeps everything else, unchanged from the
+``torch`` and ``ddp`` backends: the loop and its hooks in the same order, the
+data order (kit's sampler, sharded by rank), every rank's RNG, checkpoints (atomic
+commits, manifests, every format) and so the bitwise-exact resume::
 
-    KitLightningModule.load_from_checkpoint(path, model=my_module)
-    KitLightningModule.load_from_checkpoint(path, target="digits:build_model", base_dir="examples")
-    KitLightningModule.load_from_checkpoint(path, allowed_targets=["digits:build_model"],
-                                            base_dir="examples")
+    backend: {lightning: {accelerator: auto, devices: 2, strategy: ddp, precision: bf16-mixed}}
 
-The last two call the factory with the checkpoint's recorded keyword arguments. Weights
-live under ``model.``, as Lightning saves a module stored as ``self.model``.
+Processes start through Fabric's own launcher (``kit run CFG`` with ``devices: 2`` runs
+the same command once more per extra device, as Lightning does) or under ``torchrun``
+(``kit run CFG --nproc-per-node 2``), whose processes Fabric joins.
+
+Only strategies whose model is whole on every rank are offered (``auto``, ``ddp``,
+``ddp_find_unused_parameters_true``): kit's checkpoints hold the whole model, written by
+rank zero. Spawning strategies are refused too: they run a function in fresh processes,
+where kit runs the whole command in each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import lightning as L
 import torch
+import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict, Field
 
 import kit
 
-__all__ = ["KitLightningModule"]
+if TYPE_CHECKING:
+    from torch.utils.data import Sampler
 
-_HINT = ("pass model=<torch.nn.Module>, target='module:factory' (with base_dir=) or "
-         "allowed_targets=['module:factory'] to KitLightningModule.load_from_checkpoint")
+    from kit import Trainer
 
+__all__ = ["LightningBackend"]
 
-@dataclass(frozen=True)
-class _Choice:
-    """The caller's choice of factory, made only by this module's classmethods.
+T = TypeVar("T")
 
-    Lightning merges a checkpoint's hyperparameters into ``__init__``'s arguments, so a
-    file can set any argument to plain data, but never to this object: whatever it
-    records, the caller's ``target`` or ``allowed_targets`` decides what is imported.
-    """
-
-    where: str
-    target: str | None = None
-    base_dir: Path | None = None
-    allowed: frozenset[str] = frozenset()
-
-    def pick(self, recorded: str | None) -> str:
-        """The target to import: the caller's, or the recorded one if the caller allows it."""
-        if self.target is not None:
-            return self.target
-        if recorded is not None and recorded in self.allowed:
-            return recorded
-        named = f"names model target {recorded!r}" if recorded else "names no model target"
-        refused = " (not in allowed_targets)" if self.allowed and recorded else ""
-        raise kit.CheckpointError(f"{self.where} {named}{refused}; kit does not import modules "
-                                  "named by a checkpoint", hint=_HINT)
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
+Precision = Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"]
+_FROM_KIT: dict[str, Precision] = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
+"""``training.precision`` in Fabric's words, when the backend's own ``precision`` is unset."""
 
 
-def _recorded(kit_model: object, where: str) -> tuple[str | None, dict[str, Any]]:
-    """The target and keyword arguments a ``kit_model`` record holds, checked as untrusted data."""
-    if kit_model is None:
-        return None, {}
-    if isinstance(kit_model, Mapping):
-        target, kwargs = kit_model.get("target"), kit_model.get("kwargs") or {}
-        if (isinstance(target, str | None) and isinstance(kwargs, dict)
-                and all(isinstance(key, str) for key in kwargs)):
-            return target, dict(kwargs)
-    raise kit.CheckpointError(f"{where}: the kit_model hyperparameter is not "
-                              "{'target': str, 'kwargs': {str: value}}",
-                              hint="pass kit_model= to replace it, or model= to skip it")
+class LightningBackend(kit.Backend):
+    """kit's loop on a ``lightning.Fabric``: its device, processes, DDP and precision."""
+
+    name: ClassVar[str] = "lightning"
+
+    class Options(BaseModel):
+        """``backend: {lightning: {…}}``, passed to ``lightning.Fabric``."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = Field(
+            "auto", description="auto: what training.device says, else the best available")
+        devices: int | Literal["auto"] = Field(
+            1, description="processes on this machine, one per device; 'auto': every device")
+        num_nodes: int = Field(1, ge=1, description="machines (launch each with torchrun)")
+        strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true"] = Field(
+            "auto", description="auto: ddp with several devices, else one device")
+        precision: Precision | None = Field(
+            None, description="Fabric's precision; default: training.precision (32, bf16, 16)")
+
+    def __init__(self, options: Options | None = None) -> None:
+        self.options = options or self.Options()
+        self.fabric: L.Fabric | None = None
+        self._module: Any = None  # the _FabricModule that training runs forward through
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def launch(self, trainer: Trainer) -> None:
+        """Build the Fabric and start (or join) the other processes, as Lightning does."""
+        options = self.options
+        precision = self._precision(trainer.config.training.precision)
+        accelerator = options.accelerator
+        device = trainer.config.training.device
+        if accelerator == "auto" and device != "auto":
+            if device.startswith("cuda:"):
+                raise kit.ConfigError(f"the lightning backend picks the device index itself, so {device} "
+                                      "cannot be honoured", key="training.device",
+                                      hint="set training.device: cuda, or backend.lightning.devices")
+            accelerator = device  # type: ignore[assignment]  # cpu, cuda or mps
+        try:
+            self.fabric = L.Fabric(accelerator=accelerator, devices=options.devices,
+                                   num_nodes=options.num_nodes, strategy=options.strategy,
+                                   precision=precision)
+            self.fabric.launch()
+        except (ValueError, RuntimeError, TypeError, ImportError) as exc:  # Fabric's own checks
+            if isinstance(exc, kit.KitError):
+                raise
+            raise kit.ConfigError(f"Lightning Fabric refused it: {_first_line(exc)}",
+                                  key="backend.lightning",
+                                  hint="check accelerator, devices, strategy and precision") from None
+        fabric = self.fabric
+        self.rank, self.local_rank = fabric.global_rank, fabric.local_rank
+        self.world_size = fabric.world_size
+
+    def _precision(self, kit_precision: str) -> Precision:
+        chosen = self.options.precision
+        implied = _FROM_KIT.get(kit_precision, "32-true")
+        if chosen is None:
+            return implied
+        if kit_precision != "32" and chosen != implied:
+            raise kit.ConfigError(
+                f"training.precision {kit_precision} and backend.lightning.precision {chosen} disagree",
+                key="backend.lightning.precision", hint="set one of them only")
+        return chosen
+
+    def setup(self, trainer: Trainer) -> None:
+        super().setup(trainer)
+        self.scaler = None  # Fabric's precision plugin scales, not the base class's scaler
+        self.amp_dtype = None
+
+    def teardown(self) -> None:
+        self._module = None
+        if self.fabric is not None and self.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+        self.fabric = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Fabric's precision plugin state: the grad scaler under ``16-mixed``."""
+        return {"precision": self._fabric.strategy.precision.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("precision")
+        if isinstance(saved, dict) and saved:
+            self._fabric.strategy.precision.load_state_dict(saved)
+
+    @property
+    def _fabric(self) -> L.Fabric:
+        if self.fabric is None:
+            raise kit.KitError("the lightning backend was used before launch()")
+        return self.fabric
+
+    # -- placement ------------------------------------------------------------------
+
+    def device(self, requested: str) -> torch.device:
+        return self._fabric.device
+
+    def sampler(self, size: int, *, seed: int, shuffle: bool, train: bool) -> Sampler[int]:
+        return kit.EpochSampler(size, seed=seed, shuffle=shuffle, rank=self.rank,
+                                world_size=self.world_size, pad=train)
+
+    def wrap(self, model: torch.nn.Module, trainer: Trainer) -> Callable[..., Any]:
+        """Fabric's module: DDP with several processes, and the precision's forward context."""
+        if trainer.config.training.compile:
+            model = torch.compile(model)  # type: ignore[assignment]
+        self._module = self._fabric.setup_module(model)
+        return self._module  # type: ignore[no-any-return]
+
+    def unwrap(self, forward: Callable[..., Any]) -> Callable[..., Any]:
+        """Evaluation runs the module itself (DDP's forward may talk to the other ranks, which
+        may see different numbers of batches), with the precision's conversions around it."""
+        if self.world_size == 1 or self._module is None:
+            return forward
+        module = self._module.module
+        precision = self._fabric.strategy.precision
+
+        def evaluate(*args: Any, **kwargs: Any) -> Any:
+            args, kwargs = precision.convert_input((args, kwargs))
+            with precision.forward_context():
+                out = module(*args, **kwargs)
+            return precision.convert_output(out)
+
+        return evaluate
+
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        return self._fabric.setup_optimizers(optimizer)  # type: ignore[return-value]
+
+    # -- math -----------------------------------------------------------------------
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The precision's forward context, for the loss beside the model's forward."""
+        return self._fabric.autocast()
+
+    def no_backward_sync(self, forward: Any, *, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+        if enabled and self.world_size > 1 and self._module is not None:
+            return self._fabric.no_backward_sync(self._module)
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self._fabric.backward(loss)
+
+    def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        self._fabric.strategy.precision.unscale_gradients(_plain(optimizer))
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, *, clip_grad_norm: float | None) -> None:
+        """Clip (gradients are unscaled by then), then Fabric's step: scaler step and update."""
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, clip_grad_norm)
+        optimizer.step()
+
+    def skip_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        scaler = getattr(self._fabric.strategy.precision, "scaler", None)
+        if scaler is not None:
+            scaler.update()
+
+    # -- collectives ----------------------------------------------------------------
+
+    def all_reduce(self, tensor: torch.Tensor, op: Literal["sum", "mean", "max"] = "sum") -> torch.Tensor:
+        if self.world_size == 1:
+            return tensor
+        return self._fabric.all_reduce(tensor, reduce_op=op)  # type: ignore[return-value]
+
+    def all_gather_object(self, obj: T) -> list[T]:
+        if self.world_size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj: T, src: int = 0) -> T:
+        if self.world_size == 1:
+            return obj
+        return self._fabric.broadcast(obj, src=src)
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            self._fabric.barrier()
 
 
-def _build(target: str, kwargs: dict[str, Any], base_dir: Path | None) -> torch.nn.Module:
-    """Call the caller-chosen factory with the recorded keyword arguments."""
-    factory = kit.resolve_target(target, key="model.target", base_dir=base_dir)
-    model = factory(**kwargs)
-    if not isinstance(model, torch.nn.Module):
-        raise kit.ConfigError(f"{target} returned {type(model).__name__}, not a torch.nn.Module",
-                              key="model.target")
-    return model
+def _plain(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer under Fabric's wrapper: the grad scaler keys its state by it."""
+    return getattr(optimizer, "optimizer", optimizer)
 
 
-class KitLightningModule(L.LightningModule):
-    """Wraps a ``torch.nn.Module``; records its kit target under the ``kit_model`` hparam.
-
-    ``__init__`` never imports: ``model`` is a module the caller built (or a choice made
-    by :meth:`from_target` / :meth:`load_from_checkpoint`), and ``kit_model`` is data.
-    """
-
-    def __init__(self, model: torch.nn.Module | _Choice | None = None,
-                 kit_model: Mapping[str, Any] | None = None) -> None:
-        super().__init__()
-        where = model.where if isinstance(model, _Choice) else "KitLightningModule(kit_model=...)"
-        target, kwargs = _recorded(kit_model, where)
-        if model is None:
-            model = _Choice(where)  # allows nothing: refuses, naming the recorded target
-        if isinstance(model, _Choice):
-            target = model.pick(target)
-            model = _build(target, kwargs, model.base_dir)
-        elif not isinstance(model, torch.nn.Module):
-            raise kit.ConfigError(f"model must be a torch.nn.Module, not {type(model).__name__}",
-                                  key="model", hint=_HINT)
-        self.save_hyperparameters({"kit_model": {"target": target, "kwargs": kwargs}})
-        self.model: torch.nn.Module = model
-
-    @classmethod
-    def from_target(cls, target: str, kwargs: Mapping[str, Any] | None = None,
-                    base_dir: str | Path | None = None) -> KitLightningModule:
-        """Build the model with the kit target ``target``, which the caller chose."""
-        choice = _Choice("KitLightningModule.from_target", target,
-                         Path(base_dir) if base_dir else None)
-        return cls(choice, {"target": target, "kwargs": dict(kwargs or {})})
-
-    @classmethod
-    def load_from_checkpoint(
-        cls,
-        checkpoint_path: str | Path | IO[bytes],
-        map_location: Any = None,
-        hparams_file: str | Path | None = None,
-        strict: bool | None = None,
-        weights_only: bool | None = True,
-        *,
-        model: torch.nn.Module | None = None,
-        target: str | None = None,
-        base_dir: str | Path | None = None,
-        allowed_targets: Iterable[str] | None = None,
-        **kwargs: Any,
-    ) -> KitLightningModule:
-        """Lightning's loader, with the model chosen by the caller and never by the file.
-
-        ``model`` is used as is; else ``target`` (or the recorded target, if exactly in
-        ``allowed_targets``) is imported from ``base_dir`` and called with the recorded
-        keyword arguments. ``model`` and ``_instantiator`` are always passed, so the
-        file's values for them never reach ``__init__`` or Lightning's instantiator.
-        """
-        where = str(checkpoint_path) if isinstance(checkpoint_path, str | Path) else "the checkpoint"
-        allowed = [allowed_targets] if isinstance(allowed_targets, str) else allowed_targets or []
-        choice = model if model is not None else _Choice(
-            where, target, Path(base_dir) if base_dir else None, frozenset(allowed))
-        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict,
-                                            weights_only, model=choice, _instantiator=None,
-                                            **kwargs)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model(*args, **kwargs)
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -9,7 +9,7 @@ from recorder import Recorder
 
 import kit
 
-BACKENDS = ["torch"]
+BACKENDS = ["torch", "lightning"]
 
 
 def run(config: Any, *plugins: object, backend: str) -> kit.Trainer:

@@ -4,7 +4,7 @@ The model's weights are under ``state_dict`` with the ``model.`` prefix, beside
 ``epoch``, ``global_step``, ``optimizer_states``, ``lr_schedulers`` and
 ``hyper_parameters``. The only hyperparameter is ``kit_model`` (the model's kit target
 and keyword arguments): a record, not an instruction, since
-:class:`kit_backends.lightning.KitLightningModule` imports only a target its caller
+:class:`kit_contrib.integrations.lightning.KitLightningModule` imports only a target its caller
 names or allows, and no folder is recorded for it to search. The rest of kit's state
 rides under ``kit``, so a run resumes from it as exactly as from the ``torch`` format.
 Writing needs no Lightning; it loads with ``weights_only=True`` like any kit checkpoint.

@@ -76,7 +76,7 @@ def test_safetensors_refuses_objects_that_are_not_plain_data(tmp_path: Path) -> 
 
 def test_lightning_loads_the_lightning_format_itself(checkpoint: dict[str, Any], tmp_path: Path) -> None:
     pytest.importorskip("lightning")
-    from kit_backends.lightning import KitLightningModule
+    from kit_contrib.integrations.lightning import KitLightningModule
 
     folder = CheckpointStore(tmp_path, LightningFormat()).save(checkpoint, step=5)
     module = KitLightningModule.load_from_checkpoint(folder / "model.ckpt", weights_only=True,

@@ -22,7 +22,7 @@ import kit
 
 pytest.importorskip("lightning")
 
-from kit_backends.lightning import KitLightningModule
+from kit_contrib.integrations.lightning import KitLightningModule
 
 TESTS = Path(__file__).resolve().parents[2]
 REFUSED = r"CheckpointError: .*model\.ckpt names .*; kit does not import modules named by a checkpoint"
@@ -46,7 +46,7 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]] = {
     "file_allow_list": ({"kit_model": {"target": "{m}:build"}, "allowed_targets": ["{m}:build"],
                          "target": "{m}:build", "base_dir": "{dir}"}, {}, {}, REFUSED),
     "lightning_instantiator": ({"_instantiator": "lightning.pytorch.cli.instantiate_module",
-                                "_class_path": "kit_backends.lightning.KitLightningModule",
+                                "_class_path": "kit_contrib.integrations.lightning.KitLightningModule",
                                 "kit_model": {"target": "{m}:build"}, "target": "{m}:build",
                                 "base_dir": "{dir}"}, {}, {}, REFUSED),
     "evil_instantiator": ({"_instantiator": "{m}.instantiate", "_class_path": "{m}.Module",
@@ -78,7 +78,7 @@ sys.modules["lightning"] = sys.modules["pytorch_lightning"] = None  # the writer
 from kit_contrib.formats.lightning import LightningFormat
 del sys.modules["lightning"], sys.modules["pytorch_lightning"]
 import kit
-from kit_backends.lightning import KitLightningModule
+from kit_contrib.integrations.lightning import KitLightningModule
 
 results = {"writer_imported_without_lightning": True}
 for case in json.loads(sys.argv[1]):
