@@ -87,6 +87,8 @@ class Session:
     :param model: the model, for plugins that read ``trainer.model`` (parameter names,
         the console's count); optional.
     :param optimizer: likewise, for plugins that read ``trainer.optimizer`` (``lr_monitor``).
+    :param iterations: how many epochs (or iterations) the loop will run, for progress
+        displays and the summary; optional.
     :param rank: this process's global rank; default: ``torch.distributed``'s, else torchrun's.
     :param world_size: how many processes; the same defaults.
     :param autoload: load every installed ``kit.plugins`` entry point (default: unless
@@ -105,6 +107,7 @@ class Session:
         hparams: Mapping[str, Any] | None = None,
         model: torch.nn.Module | None = None,
         optimizer: torch.optim.Optimizer | None = None,
+        iterations: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
         autoload: bool | None = None,
@@ -118,9 +121,11 @@ class Session:
         logger_names, logger_objects = _split(loggers, "loggers")
         plugin_names, plugin_objects = _split(plugins, "plugins")
         self.hparams = dict(hparams or {})
-        config = validate_config({"experiment": experiment, "runs_dir": str(runs_dir),
-                                  "loggers": logger_names, "plugins": plugin_names},
-                                 source="Session(…)", embedded=True)
+        data: dict[str, Any] = {"experiment": experiment, "runs_dir": str(runs_dir),
+                                "loggers": logger_names, "plugins": plugin_names}
+        if iterations is not None:
+            data["training"] = {"iterations": iterations}
+        config = validate_config(data, source="Session(…)", embedded=True)
         backend = Backend()  # one process's answers, with the caller's place in the job
         backend.rank, backend.world_size = _topology(rank, world_size)
         zero = backend.rank == 0
@@ -168,6 +173,11 @@ class Session:
     @iteration.setter
     def iteration(self, value: int) -> None:
         self.trainer.state.iteration = int(value)
+
+    @property
+    def is_open(self) -> bool:
+        """Between entering and leaving the ``with`` block."""
+        return self._stack is not None
 
     @property
     def should_stop(self) -> bool:
@@ -287,15 +297,16 @@ class Session:
     def state_dict(self) -> dict[str, Any]:
         """What plugins keep to resume (``kit_checkpoint_save``) and where the session stands;
         save it in your own checkpoint and give it back to :meth:`load_state_dict`."""
-        trainer = self._live()
+        trainer = self.trainer
         checkpoint: dict[str, Any] = {"progress": trainer.progress(), "plugins": {}}
         with self._blamed():
             trainer.hooks.call("kit_checkpoint_save", trainer=trainer, checkpoint=checkpoint)
         return checkpoint
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Give plugins back what :meth:`state_dict` saved (``kit_checkpoint_load``)."""
-        trainer = self._live()
+        """Give plugins back what :meth:`state_dict` saved (``kit_checkpoint_load``); before
+        entering, as a kit run loads before ``kit_train_begin``, or after."""
+        trainer = self.trainer
         progress = state.get("progress")
         if isinstance(progress, Mapping):
             for key in ("global_step", "iteration"):
