@@ -11,7 +11,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
 
 import torch
 from torch.utils.data import Sampler
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 ReduceOp = Literal["sum", "mean", "max"]
 
-__all__ = ["Backend", "CheckpointFormat", "State"]
+__all__ = ["Backend", "CheckpointFormat", "RunLoop", "State"]
 
 
 class State(ABC):
@@ -98,6 +98,26 @@ class State(ABC):
         return str(run_dir), {key: getattr(self, key) for key in self.shared}
 
 
+class RunLoop(Protocol):
+    """What the trainer runs: kit's own loop (:class:`kit.loop.Loop`), or another framework's
+    that a backend brings (:meth:`Backend.loop`, ``lightning-trainer``)."""
+
+    def fit(self) -> None:
+        """Train from where ``trainer.state`` stands to ``training.iterations``."""
+
+    def validate(self, iteration: int) -> dict[str, float]:
+        """One validation pass; returns (and records) its results."""
+
+    def test(self) -> dict[str, float]:
+        """One test pass; returns (and records) its results."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the loop needs to resume exactly (a checkpoint's ``loop``)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
+
+
 class Backend:
     """Where tensors live and how they move: the strategy under kit's one loop.
 
@@ -165,6 +185,14 @@ class Backend:
 
     def teardown(self) -> None:
         """Leave the process group, free what :meth:`launch` took. Called however the run ends."""
+
+    def loop(self, trainer: Trainer) -> RunLoop | None:
+        """The loop to run instead of kit's own, or ``None`` (every backend but one).
+
+        ``lightning-trainer`` returns Lightning's Trainer loop, firing kit's hooks through
+        ``KitCallback``; its documented differences from kit's loop are its own.
+        """
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """What this backend needs to resume exactly (a grad scaler)."""

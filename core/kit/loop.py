@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from kit.data import EpochSampler
-from kit.tasks import build_metric
 
 if TYPE_CHECKING:
     from kit.interfaces import Backend
@@ -508,9 +507,7 @@ class Loop:
         return results
 
     def _metrics(self, classes: int) -> list[Any]:
-        """``task.metrics`` as torchmetrics on the device (``classes``: the logits' width)."""
-        return [build_metric(spec, classes=classes, classification=self.task.classification)
-                .to(self.trainer.device) for spec in self.trainer.metrics]
+        return self.trainer.new_metrics(classes)
 
     def validate(self, iteration: int) -> dict[str, float]:
         """One validation pass, firing the ``kit_val_*`` hooks and recording ``val/*``."""

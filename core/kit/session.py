@@ -142,6 +142,20 @@ class Session:
             self.trainer.device = next((p.device for p in model.parameters()), self.trainer.device)
         self._stack: contextlib.ExitStack | None = None
         self._entered = False
+        self._attached = False
+
+    @classmethod
+    def attach(cls, trainer: Trainer) -> Session:
+        """A session over a kit run that is open already (the ``lightning-trainer`` backend's,
+        whose run kit opened and closes): it fires and records through ``trainer``, and
+        entering or leaving it does nothing."""
+        session = cls.__new__(cls)
+        session.hparams = {}
+        session.trainer = trainer
+        session._stack = contextlib.ExitStack()  # open for as long as the run is
+        session._entered = True
+        session._attached = True
+        return session
 
     # -- where the run stands -------------------------------------------------------
 
@@ -216,6 +230,8 @@ class Session:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> Literal[False]:
+        if self._attached:  # the run's owner closes it
+            return False
         stack, self._stack = self._stack, None
         if stack is not None:
             stack.__exit__(exc_type, exc, tb)  # the end hooks and summary, then the lock

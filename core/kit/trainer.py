@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import torch
 
@@ -34,7 +34,7 @@ from kit.errors import (
     disk_full,
     first_line,
 )
-from kit.interfaces import Backend, CheckpointFormat, State
+from kit.interfaces import Backend, CheckpointFormat, RunLoop, State
 from kit.loop import Loop
 from kit.metrics import MetricKind, MetricRecord, Split
 from kit.plugins import HookRelay, Isolated, PluginChoice, Registry, get_plugin_manager
@@ -44,7 +44,10 @@ from kit.rundir import write_json
 from kit.runstate import Best, Phase, Progress, RunState, RunStatus
 from kit.seed import rng_state, seed_everything, set_rng_state
 from kit.targets import resolve_target
-from kit.tasks import MetricSpec, Task, metric_specs
+from kit.tasks import MetricSpec, Task, build_metric, metric_specs
+
+if TYPE_CHECKING:
+    import torchmetrics
 
 __all__ = ["STOP_SIGNALS", "Trainer"]
 
@@ -140,7 +143,7 @@ class Trainer:
         """``task.metrics`` (or the task's own), classes found; the loop builds them."""
         self.checkpoint_format: CheckpointFormat | None = None
         self.backend: Backend | None = None
-        self.loop: Loop | None = None
+        self.loop: RunLoop | None = None
         """Built by :meth:`build`; :meth:`fit`, :meth:`validate` and :meth:`test` run it."""
 
         self.pm = get_plugin_manager(
@@ -338,7 +341,15 @@ class Trainer:
         self.optimizer = backend.prepare_optimizer(optimizer)
         self.scheduler = components.build_scheduler(cfg.scheduler, self.optimizer, base)
         backend.setup(self)
-        self.loop = Loop(self, backend)
+        self.loop = backend.loop(self) or Loop(self, backend)
+
+    def new_metrics(self, classes: int) -> list[torchmetrics.Metric]:
+        """Fresh ``task.metrics`` on the device, in order (``spec.name`` names each); a multiclass
+        one is sized by ``classes``, the logits' last dimension (0: the task's are not logits)."""
+        assert self.task is not None
+        return [build_metric(spec, classes=classes if self.task.classification else 0,
+                             classification=self.task.classification).to(self.device)
+                for spec in self.metrics]
 
     def fit(self) -> None:
         """Train from where the run stands to ``training.iterations``, validating and saving."""

@@ -390,11 +390,14 @@ class KitCallback(L.pytorch.Callback):
         self._fire(trainer, "kit_test_end", test_results=results)
 
     def _step_end(self, trainer: L.Trainer, hook: str, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Fired when the step returned a loss: kit's hook hands it over, with what the task made."""
+        """Fired when the step returned a loss (a tensor, ``{"loss": …}``, a :class:`kit.Evaluation`
+        or ``{"loss": …, "evaluation": Evaluation}``), with what the task made of the batch."""
         loss = _loss(outputs)
         if loss is None:
             return
-        evaluation = outputs if isinstance(outputs, kit.Evaluation) else kit.Evaluation(loss, _size(batch))
+        evaluation = outputs.get("evaluation") if isinstance(outputs, Mapping) else outputs
+        if not isinstance(evaluation, kit.Evaluation):
+            evaluation = kit.Evaluation(loss, _size(batch))
         self._fire(trainer, hook, batch_idx=batch_idx, loss=loss, evaluation=evaluation)
 
     # -- checkpoints --------------------------------------------------------------------
