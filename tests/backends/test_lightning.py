@@ -107,7 +107,7 @@ RESUME = {
 @pytest.mark.slow
 def test_sigkill_then_continue_is_bitwise_identical(tmp_path: Path) -> None:
     straight = write(tmp_path, config(tmp_path, "straight", **RESUME), "straight.yaml")
-    assert kit_run("run", str(straight), cwd=tmp_path).returncode == 0
+    kit.Trainer(kit.load_config(straight), autoload=False).run()
     cfg = config(tmp_path, "resumed", **RESUME,
                  plugins=[probe(tmp_path / "killed", signal_rank=0, signal_at_step=7, signum=9)])
     killed = kit_run("run", str(write(tmp_path, cfg)), cwd=tmp_path)
@@ -116,9 +116,9 @@ def test_sigkill_then_continue_is_bitwise_identical(tmp_path: Path) -> None:
     assert [p.name for p in sorted((run_dir / "checkpoints").glob("step-*"))] == ["step-00000003",
                                                                                 "step-00000006"]
     cfg["plugins"] = []
-    resumed = kit_run("run", str(write(tmp_path, cfg)), "--mode", "continue", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "from step-00000006" in resumed.stderr
+    resumed = kit.Trainer(kit.load_config(write(tmp_path, cfg)), mode="continue", autoload=False)
+    resumed.run()
+    assert resumed.run_dir == run_dir and resumed.last_checkpoint is not None
     (straight_dir,) = run_dirs(tmp_path, "straight")
     a, b = final_weights(straight_dir), final_weights(run_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -130,16 +130,18 @@ DIGITS_TOLERANCE = 0.02
 
 @pytest.mark.slow
 def test_digits_reaches_the_same_accuracy_on_torch_and_on_two_fabric_processes(tmp_path: Path) -> None:
-    common = ["--set", "training.iterations=8", "--set", "loggers=[jsonl]"]
-    digits = str(EXAMPLES / "digits" / "config.yaml")
-    accuracy = {}
-    for backend in ("torch", "{lightning: {accelerator: cpu, devices: 2, strategy: ddp}}"):
-        result = kit_run("run", digits, *common, "--set", f"backend={backend}", "--set",
-                         f"experiment=digits-{len(accuracy)}", cwd=tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
-        (run_dir,) = run_dirs(tmp_path, f"digits-{len(accuracy)}")
-        summary = json.loads((run_dir / "summary.json").read_text())
-        accuracy[summary["backend"], summary["world_size"]] = summary["results"]["test"]["accuracy"]
+    common = ["training.iterations=8", "loggers=[jsonl]", f"runs_dir={tmp_path / 'runs'}"]
+    digits = EXAMPLES / "digits" / "config.yaml"
+    one = kit.Trainer(kit.load_config(digits, [*common, "experiment=digits-torch"]), autoload=False)
+    accuracy = {("torch", 1): one.run()["test"]["accuracy"]}
+    two = ["--set", "backend={lightning: {accelerator: cpu, devices: 2, strategy: ddp}}",
+           "--set", "experiment=digits-fabric", *(arg for value in common for arg in ("--set", value))]
+    result = kit_run("run", str(digits), *two, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = run_dirs(tmp_path, "digits-fabric")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["backend"], summary["world_size"]) == ("lightning", 2)
+    accuracy["lightning", 2] = summary["results"]["test"]["accuracy"]
     assert all(value >= 0.95 for value in accuracy.values()), accuracy
     assert max(accuracy.values()) - min(accuracy.values()) <= DIGITS_TOLERANCE, accuracy
 

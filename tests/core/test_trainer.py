@@ -110,7 +110,8 @@ def test_same_seed_same_parameters(kit_config: Any) -> None:
 def test_unknown_mode_backend_and_logger_list_the_choices(kit_config: Any) -> None:
     with pytest.raises(ConfigError, match=r"^--mode: unknown mode 'nwe' \(did you mean 'new'\?"):
         kit.Trainer(kit_config(), mode="nwe", autoload=False).run()
-    with pytest.raises(ConfigError, match=r"^backend: unknown backend 'jax'.*available: ddp, torch"):
+    available = r"available: ddp, lightning, lightning-trainer, torch"
+    with pytest.raises(ConfigError, match=rf"^backend: unknown backend 'jax'.*{available}"):
         kit.Trainer(kit_config(), backend="jax", autoload=False).run()
     with pytest.raises(ConfigError, match=r"^loggers\[0\]: unknown logger 'tensorbored'"):
         kit.Trainer(kit_config(loggers=["tensorbored"]), autoload=False)
