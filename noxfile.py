@@ -64,6 +64,7 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks against raw PyTorch in one run: `-- loop_overhead` (default: all of them)."""
     install(session, "-e", ".[tensorboard,mlflow,safetensors,lightning]")
-    names = session.posargs or ["loop_overhead", "logger_overhead", "checkpoint_io", "ddp_overhead"]
+    names = session.posargs or ["loop_overhead", "logger_overhead", "checkpoint_io", "ddp_overhead",
+                                 "lightning_overhead"]
     for name in names:
         session.run("python", f"benchmarks/{name.removesuffix('.py')}.py")

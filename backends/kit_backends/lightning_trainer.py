@@ -13,10 +13,9 @@ scheduler, RNG and Lightning's own loop progress are in them::
 Where it differs from kit's loop is listed in ``docs/concepts.md`` and asserted by
 ``tests/backends/test_lightning_trainer.py``: Lightning owns the loop, so checkpoints
 are taken at the ends of epochs only (``checkpoint.every_n_steps``/``every_n_seconds``
-are refused), a resume starts at the next epoch, ``train/loss`` is the loss of the step
-Lightning logs at (not the mean since the last log), records carry Lightning's step
-counter, and a vetoed step still counts. One process per run (``kit run`` starts it);
-epoch-based training only.
+are refused), a resume starts at the next epoch, ``train/lr``, ``train/step_time`` and
+``train/throughput`` are not recorded, and a vetoed step still counts. One process per
+run (``kit run`` starts it); epoch-based training only.
 """
 
 from __future__ import annotations
@@ -131,6 +130,12 @@ class _KitModule(L.LightningModule):
         self.model = trainer.model
         self._kit = trainer
         self._metrics: list[Any] | None = None
+        self._window: list[torch.Tensor] = []  # training losses since the last record, on the device
+        self._logged = 0
+        self.kit_epoch_metrics: dict[str, float] = {}
+        """What the epoch recorded beside ``self.log``; KitCallback adds it to ``kit_iteration_end``."""
+        self._epoch_sum: torch.Tensor = torch.zeros(())
+        self._epoch_count = 0
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
@@ -139,10 +144,34 @@ class _KitModule(L.LightningModule):
         task = self._kit.task
         assert task is not None
         loss: torch.Tensor = task.training_step(self.model, batch)
-        size = task.batch_size(batch)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=size)
-        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=size)
+        self._window.append(loss.detach())
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """``train/loss`` as kit's loop records it: the mean since the last log, every
+        ``log_every_n_steps`` optimizer steps, read from the device only then (``self.log``
+        on every step would cost more than the step on a small model)."""
+        step = self.trainer.global_step
+        if step > self._logged and step % self._kit.config.training.log_every_n_steps == 0:
+            self._logged = step
+            self._log_window(record=True)
+        if self.trainer.is_last_batch:  # train/loss_epoch, before validation as in kit's loop
+            self._log_window(record=False)
+            value = float(self._epoch_sum / max(self._epoch_count, 1))
+            self._kit.record("train/loss_epoch", value, split="train")
+            self.kit_epoch_metrics = {"train/loss_epoch": value}
+            self._epoch_sum, self._epoch_count = torch.zeros(()), 0
+
+    def _log_window(self, *, record: bool) -> None:
+        if not self._window:
+            return
+        stacked = torch.stack(self._window)
+        self._window.clear()
+        self._epoch_sum, self._epoch_count = self._epoch_sum + stacked.sum(), self._epoch_count + len(stacked)
+        if record:
+            kit_trainer = self._kit
+            kit_trainer.state.global_step = self.trainer.global_step
+            kit_trainer.record("train/loss", stacked.mean(), split="train")
 
     def _evaluate(self, batch: Any, split: str) -> dict[str, Any]:
         """``{"loss", "evaluation"}``: the evaluation reaches ``kit_val_step_end`` through KitCallback."""

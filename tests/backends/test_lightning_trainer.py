@@ -50,8 +50,12 @@ def test_the_hook_sequence_and_the_numbers_are_kits_but_for_the_documented_diffe
     assert pl_summary["results"].keys() == kit_summary["results"].keys() == {"val", "test"}
     for split, values in kit_summary["results"].items():
         assert pl_summary["results"][split] == pytest.approx(values, rel=1e-6), split
-    # the differences: train/loss is the logged step's own loss, stamped with Lightning's step
-    # counter, and kit's lr, step time and throughput records are not made
+    # train/loss (the mean since the last log) and train/loss_epoch are kit's own numbers
+    for name in ("train/loss", "train/loss_epoch"):
+        ours = [e[2] for e in pl_events if e[0] == "metric" and e[1] == name]
+        assert ours and ours == pytest.approx([e[2] for e in kit_events if e[0] == "metric" and e[1] == name],
+                                     rel=1e-6), name
+    # the difference: kit's lr, step time and throughput records are not made
     assert set(metric_names(kit_events)) - set(metric_names(pl_events)) == \
         {"train/lr", "train/step_time", "train/throughput"}
     assert set(metric_names(pl_events)) == set(metric_names(kit_events)) - \

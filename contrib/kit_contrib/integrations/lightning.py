@@ -269,7 +269,12 @@ class KitCallback(L.pytorch.Callback):
         session = self.session
         if session is None or not session.is_open:
             return None
-        session.global_step = trainer.global_step
+        state = session.trainer.state
+        state.global_step = trainer.global_step
+        if "iteration" in kwargs:
+            state.iteration = kwargs["iteration"]
+        if getattr(session.hooks, hook) is None:  # nobody listens: no dispatch, as in kit's loop
+            return None
         result = session.fire(hook, **kwargs)
         if session.should_stop:
             trainer.should_stop = True
@@ -353,7 +358,8 @@ class KitCallback(L.pytorch.Callback):
                    loss=loss if loss is not None else torch.tensor(float("nan")))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = _scalars(trainer.callback_metrics)
+        own = getattr(pl_module, "kit_epoch_metrics", {})  # a module's values recorded beside self.log
+        metrics = {**_scalars(trainer.callback_metrics), **_scalars(own)}
         if not trainer.should_stop:  # a pass cut short by a stop did not exhaust the loader
             self._exhaust(trainer)  # when no validation at the epoch's end said so already
         self._fire(trainer, "kit_iteration_end", iteration=trainer.current_epoch + 1, metrics=metrics)
