@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter is not None:
             reporter.write_line(message, red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# -- tests leave no signal handler behind: kit keeps a handler the parent set to SIG_IGN, so
+# one left ignored by a library (Lightning ignores SIGINT after a KeyboardInterrupt in its
+# Trainer) would silently break every later signal test in that worker ----------------------
+
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored(request: pytest.FixtureRequest) -> Any:
+    before = {s: signal.getsignal(s) for s in _SIGNALS}
+    yield
+    for s, handler in before.items():
+        if signal.getsignal(s) != handler:
+            signal.signal(s, handler)
+            warnings.warn(f"{request.node.nodeid} left {signal.Signals(s).name}'s handler changed; restored",
+                          stacklevel=1)
 
 
 def base_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import signal
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -36,6 +37,11 @@ if TYPE_CHECKING:
     from kit import Trainer
 
 __all__ = ["LightningTrainerBackend"]
+
+_SIGTERM: type[BaseException] = getattr(
+    __import__("lightning.pytorch.utilities.exceptions", fromlist=["SIGTERMException"]),
+    "SIGTERMException", type("_NeverRaised", (BaseException,), {}))
+"""What Lightning (2.5 and later) raises when SIGTERM arrives during ``fit``."""
 
 Precision = Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"]
 _FROM_KIT: dict[str, Precision] = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
@@ -230,8 +236,15 @@ class _Saves(L.Callback):
     def __init__(self, trainer: Trainer) -> None:
         self._kit = trainer
 
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._kit.stop_signal is not None:  # SIGTERM, Ctrl-C: Lightning stops after this batch
+            trainer.should_stop = True
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         kit_trainer, state = self._kit, self._kit.state
+        if kit_trainer.stop_signal is not None and not trainer.is_last_batch:
+            return  # mid-epoch: Lightning owns that position, so the last epoch's checkpoint stands
         state.iteration = state.epoch = trainer.current_epoch + 1
         state.global_step = trainer.global_step
         state.epoch_batches = state.batch_idx = 0
@@ -277,7 +290,12 @@ class _LightningLoop:
         restored, self.backend._restored = self.backend._restored, None
         if restored is not None:  # where Lightning's loop stood at kit's checkpoint
             pl.fit_loop.load_state_dict(restored)
-        pl.fit(self.module, self.kit.train_loader, self.kit.val_loader)
+        try:
+            pl.fit(self.module, self.kit.train_loader, self.kit.val_loader)
+        except _SIGTERM:  # Lightning's own SIGTERM handler, during fit: the same clean stop
+            self.kit.stop_signal = signal.SIGTERM
+        if self.kit.stop_signal is not None:  # stopped by it, and saved when at an epoch's end
+            self.kit.interrupt(save=False)
         if self.kit.val_loader is not None:
             self.kit.results["val"] = _short(pl.callback_metrics, "val")
 

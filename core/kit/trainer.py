@@ -486,10 +486,11 @@ class Trainer:
             if self.backend is not None:
                 self.backend.teardown()
 
-    def interrupt(self) -> None:
-        """Called by the loops when ``stop_signal`` is set: save (when training), then stop."""
+    def interrupt(self, *, save: bool = True) -> None:
+        """Called by the loops when ``stop_signal`` is set: save (when training and ``save``: a
+        loop that cannot checkpoint where it stopped keeps its last checkpoint), then stop."""
         assert self.stop_signal is not None
-        path = self.save_checkpoint() if self.trains else None
+        path = self.save_checkpoint() if self.trains and save else None
         raise RunInterrupted(self.stop_signal, str(path) if path else None)
 
     @contextlib.contextmanager

@@ -110,3 +110,36 @@ def test_trainer_options_pass_through_and_kits_own_are_refused(tmp_path: Path) -
         wrong = config(tmp_path, "wrong", **CONFORM, backend={"lightning-trainer": {"trainer": bad}})
         with pytest.raises(kit.ConfigError, match=f"backend.lightning-trainer.trainer: {says}"):
             kit.Trainer(kit.load_config(write(tmp_path, wrong, "wrong.yaml")), autoload=False).run()
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_mid_epoch_stops_cleanly_keeping_the_last_epochs_checkpoint(tmp_path: Path,
+                                                                            signame: str) -> None:
+    """Lightning owns a position inside an epoch: the run stops after the batch, keeps the
+    checkpoint of the last finished epoch, and continues from there to the straight weights."""
+    import os
+    import signal
+
+    from kit.errors import RunInterrupted
+
+    class SignalAt:
+        @kit.hookimpl
+        def kit_step_end(self, trainer: kit.Trainer) -> None:
+            if trainer.global_step == 6 and trainer.stop_signal is None:
+                os.kill(os.getpid(), getattr(signal, signame))
+
+    straight = kit.Trainer(kit.load_config(write(tmp_path, config(tmp_path, "straight", **CONFORM,
+                                                                  backend="lightning-trainer"), "s.yaml")),
+                           autoload=False)
+    straight.run()
+    cfg = kit.load_config(write(tmp_path, config(tmp_path, "sig", **CONFORM, backend="lightning-trainer")))
+    stopped = kit.Trainer(cfg, plugins=[SignalAt()], autoload=False)
+    with pytest.raises(RunInterrupted):
+        stopped.run()
+    assert stopped.status == "interrupted" and stopped.checkpoints is not None
+    assert [p.name for p in stopped.checkpoints.list()] == ["step-00000004"]  # epoch 1's end
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Lightning's abort path not taken
+    again = kit.Trainer(cfg, mode="continue", autoload=False)
+    again.run()
+    a, b = final_weights(straight.run_dir), final_weights(again.run_dir)  # type: ignore[arg-type]
+    assert all(torch.equal(a[k], b[k]) for k in a)
