@@ -66,6 +66,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 _SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests send themselves SIGINT: start from Python's own handler, as an interactive shell
+    would, even when a non-interactive shell started pytest in the background with SIGINT
+    ignored (kit rightly keeps a signal ignored that its parent ignored)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(autouse=True)
 def _signal_handlers_restored(request: pytest.FixtureRequest) -> Any:
     before = {s: signal.getsignal(s) for s in _SIGNALS}
