@@ -23,8 +23,6 @@ its own group, as in a real run. Target: kit <= 1.05x raw.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import signal
@@ -38,12 +36,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from loop_overhead import BATCH, EpochClock, build_data, build_model  # the same model, data and clock
+from loop_overhead import BATCH, build_data, build_model, run_kit  # the same model, data and clock
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-
-import kit
 
 __all__ = ["main"]
 
@@ -83,22 +79,7 @@ def raw_loop(epochs: int) -> tuple[float, int]:
 
 def kit_loop(epochs: int, runs_dir: Path) -> tuple[float, int]:
     """The same training through ``kit.Trainer`` with ``backend: ddp``; (µs per step, steps)."""
-    config = kit.KitConfig.model_validate({
-        "experiment": "ddp-bench",
-        "runs_dir": str(runs_dir),
-        "backend": "ddp",
-        "model": {"target": "loop_overhead:build_model"},
-        "data": {"target": "loop_overhead:build_data", "batch_size": BATCH},
-        "task": {"metrics": []},
-        "optimizer": {"name": "adam", "lr": LR},
-        "training": {"iterations": epochs, "save_frequency": epochs, "device": "cpu",
-                     "log_every_n_steps": 50},
-        "loggers": [],
-    })
-    config.base_dir = Path(__file__).resolve().parent
-    clock = EpochClock(epochs)
-    with contextlib.redirect_stdout(io.StringIO()):
-        kit.Trainer(config, plugins=[clock], autoload=False).run()
+    clock = run_kit(epochs, runs_dir, backend="ddp")
     return (clock.end - clock.start) / clock.steps * 1e6, clock.steps
 
 

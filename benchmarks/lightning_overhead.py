@@ -22,8 +22,6 @@ not kit's to remove.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import logging
 import statistics
@@ -42,10 +40,10 @@ from loop_overhead import (  # type: ignore[import-not-found, unused-ignore]  # 
     BATCH,
     CLOCKS,
     N_SAMPLES,
-    EpochClock,
     build_data,
     build_model,
     raw_loop,
+    run_kit,
 )
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
@@ -131,26 +129,10 @@ def trainer_loop(epochs: int, tmp: Path) -> list[float]:
 
 
 def kit_loop(backend: Any) -> Loop:
-    """kit on ``backend`` with no loggers, as ``loop_overhead.kit_loop`` builds it otherwise."""
+    """kit on ``backend`` with no loggers: ``loop_overhead.run_kit``, the run every benchmark times."""
 
     def run(epochs: int, tmp: Path) -> list[float]:
-        config = kit.KitConfig.model_validate({
-            "experiment": "lightning-bench",
-            "runs_dir": str(tmp / "runs"),
-            "backend": backend,
-            "model": {"target": "loop_overhead:build_model"},
-            "data": {"target": "loop_overhead:build_data", "batch_size": BATCH},
-            "task": {"metrics": []},
-            "optimizer": {"name": "adam", "lr": LR},
-            "training": {"iterations": epochs, "save_frequency": epochs, "device": "cpu",
-                         "log_every_n_steps": 50},
-            "loggers": [],
-        })
-        config.base_dir = Path(__file__).resolve().parent
-        clock = EpochClock(epochs)
-        with contextlib.redirect_stdout(io.StringIO()):
-            kit.Trainer(config, plugins=[clock], autoload=False).run()
-        per_epoch: list[float] = clock.per_epoch
+        per_epoch: list[float] = run_kit(epochs, tmp / "runs", backend=backend).per_epoch
         return per_epoch
 
     return run

@@ -68,7 +68,7 @@ def raw_loop(epochs: int) -> list[float]:
             x, y = x.to(device), y.to(device)
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             steps += 1
         if epoch >= 1:
@@ -103,26 +103,34 @@ class EpochClock:
             self.steps = trainer.global_step - self.steps
 
 
-def kit_loop(epochs: int, loggers: list[object], runs_dir: Path, *, log_every: int = 50,
-             plugins: list[object] | None = None) -> list[float]:
-    """kit's loop on the same model and data; returns µs per step of each of epochs 2..N."""
+def run_kit(epochs: int, runs_dir: Path, *, backend: object = "torch", loggers: list[object] | None = None,
+            plugins: list[object] | None = None, log_every: int = 50) -> EpochClock:
+    """kit's loop on the same model and data, on ``backend``; the clock that timed it. Every
+    benchmark that runs kit runs it through here, so they time the same run."""
     config = kit.KitConfig.model_validate({
         "experiment": "bench",
         "runs_dir": str(runs_dir),
+        "backend": backend,
         "model": {"target": "loop_overhead:build_model"},
         "data": {"target": "loop_overhead:build_data", "batch_size": BATCH},
         "task": {"metrics": []},
         "optimizer": {"name": "adam", "lr": 1e-3},
         "training": {"iterations": epochs, "save_frequency": epochs, "device": "cpu",
                      "log_every_n_steps": log_every},
-        "loggers": loggers,
+        "loggers": loggers or [],
         "plugins": plugins or [],
     })
     config.base_dir = Path(__file__).resolve().parent
     clock = EpochClock(epochs)
     with contextlib.redirect_stdout(io.StringIO()):
         kit.Trainer(config, plugins=[clock], autoload=False).run()
-    return clock.per_epoch
+    return clock
+
+
+def kit_loop(epochs: int, loggers: list[object], runs_dir: Path, *, log_every: int = 50,
+             plugins: list[object] | None = None) -> list[float]:
+    """kit's loop on the same model and data; returns µs per step of each of epochs 2..N."""
+    return run_kit(epochs, runs_dir, loggers=loggers, plugins=plugins, log_every=log_every).per_epoch
 
 
 def main() -> None:
