@@ -37,14 +37,38 @@ if TYPE_CHECKING:
 
     from kit import Trainer
 
-__all__ = ["LightningBackend"]
+__all__ = ["Accelerator", "LightningBackend", "Precision", "lightning_accelerator", "lightning_precision"]
 
 T = TypeVar("T")
 
-STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
 Precision = Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"]
+Accelerator = Literal["auto", "cpu", "cuda", "gpu", "mps"]
 _FROM_KIT: dict[str, Precision] = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
 """``training.precision`` in Fabric's words, when the backend's own ``precision`` is unset."""
+
+
+def lightning_precision(chosen: Precision | None, kit_precision: str, backend: str) -> Precision:
+    """The backend's ``precision``, else ``training.precision`` in Lightning's words; both set
+    and disagreeing is refused (the lightning backends share this)."""
+    implied = _FROM_KIT.get(kit_precision, "32-true")
+    if chosen is None:
+        return implied
+    if kit_precision != "32" and chosen != implied:
+        raise kit.ConfigError(
+            f"training.precision {kit_precision} and backend.{backend}.precision {chosen} disagree",
+            key=f"backend.{backend}.precision", hint="set one of them only")
+    return chosen
+
+
+def lightning_accelerator(chosen: Accelerator, device: str, backend: str) -> Accelerator:
+    """The backend's ``accelerator``; ``auto`` follows ``training.device`` when that is set. Lightning
+    picks the device index itself, so ``cuda:N`` is refused rather than silently not honoured."""
+    if chosen != "auto" or device == "auto":
+        return chosen
+    if device.startswith("cuda:"):
+        raise kit.ConfigError(f"the {backend} backend picks the device index itself, so {device} "
+                              "cannot be honoured", key="training.device", hint="set training.device: cuda")
+    return device  # type: ignore[return-value]  # cpu, cuda or mps: TrainingConfig's choices
 
 
 class LightningBackend(kit.Backend):
@@ -57,7 +81,7 @@ class LightningBackend(kit.Backend):
 
         model_config = ConfigDict(extra="forbid")
 
-        accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = Field(
+        accelerator: Accelerator = Field(
             "auto", description="auto: what training.device says, else the best available")
         devices: int | Literal["auto"] = Field(
             1, description="processes on this machine, one per device; 'auto': every device")
@@ -76,16 +100,9 @@ class LightningBackend(kit.Backend):
 
     def launch(self, trainer: Trainer) -> None:
         """Build the Fabric and start (or join) the other processes, as Lightning does."""
-        options = self.options
-        precision = self._precision(trainer.config.training.precision)
-        accelerator = options.accelerator
-        device = trainer.config.training.device
-        if accelerator == "auto" and device != "auto":
-            if device.startswith("cuda:"):
-                raise kit.ConfigError(f"the lightning backend picks the device index itself, so {device} "
-                                      "cannot be honoured", key="training.device",
-                                      hint="set training.device: cuda, or backend.lightning.devices")
-            accelerator = device  # type: ignore[assignment]  # cpu, cuda or mps
+        options, training = self.options, trainer.config.training
+        precision = lightning_precision(options.precision, training.precision, self.name)
+        accelerator = lightning_accelerator(options.accelerator, training.device, self.name)
         try:
             self.fabric = L.Fabric(accelerator=accelerator, devices=options.devices,
                                    num_nodes=options.num_nodes, strategy=options.strategy,
@@ -100,17 +117,6 @@ class LightningBackend(kit.Backend):
         fabric = self.fabric
         self.rank, self.local_rank = fabric.global_rank, fabric.local_rank
         self.world_size = fabric.world_size
-
-    def _precision(self, kit_precision: str) -> Precision:
-        chosen = self.options.precision
-        implied = _FROM_KIT.get(kit_precision, "32-true")
-        if chosen is None:
-            return implied
-        if kit_precision != "32" and chosen != implied:
-            raise kit.ConfigError(
-                f"training.precision {kit_precision} and backend.lightning.precision {chosen} disagree",
-                key="backend.lightning.precision", hint="set one of them only")
-        return chosen
 
     def setup(self, trainer: Trainer) -> None:
         super().setup(trainer)

@@ -24,13 +24,14 @@ import inspect
 import logging
 import signal
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import kit
+from kit_backends.lightning import Accelerator, Precision, lightning_accelerator, lightning_precision
 from kit_contrib.integrations.lightning import KitCallback
 
 if TYPE_CHECKING:
@@ -43,8 +44,6 @@ _SIGTERM: type[BaseException] = getattr(
     "SIGTERMException", type("_NeverRaised", (BaseException,), {}))
 """What Lightning (2.5 and later) raises when SIGTERM arrives during ``fit``."""
 
-Precision = Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"]
-_FROM_KIT: dict[str, Precision] = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
 _KIT_OWNS = frozenset({
     "max_epochs", "min_epochs", "max_steps", "min_steps", "callbacks", "logger", "accelerator", "devices",
     "num_nodes", "strategy", "precision", "enable_checkpointing", "check_val_every_n_epoch",
@@ -65,7 +64,7 @@ class LightningTrainerBackend(kit.Backend):
 
         model_config = ConfigDict(extra="forbid")
 
-        accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = Field(
+        accelerator: Accelerator = Field(
             "auto", description="auto: what training.device says, else the best available")
         precision: Precision | None = Field(
             None, description="Lightning's precision; default: training.precision in its words")
@@ -88,9 +87,14 @@ class LightningTrainerBackend(kit.Backend):
         self.options = options or self.Options()
         self._restored: dict[str, Any] | None = None
         self.run: _LightningLoop | None = None
+        self.precision: Precision = "32-true"
+        self.accelerator: Accelerator = "auto"  # both resolved against the config in loop()
 
     def loop(self, trainer: Trainer) -> _LightningLoop:
         cfg = trainer.config
+        # checked here, as the run is built: before anything is written
+        self.precision = lightning_precision(self.options.precision, cfg.training.precision, self.name)
+        self.accelerator = lightning_accelerator(self.options.accelerator, cfg.training.device, self.name)
         if cfg.training.type != "epoch":
             raise kit.ConfigError("the lightning-trainer backend trains by epochs", key="training.type",
                                   hint="set training.type: epoch, or use backend lightning")
@@ -115,16 +119,6 @@ class LightningTrainerBackend(kit.Backend):
         if fit_loop is not None and not isinstance(fit_loop, dict):
             raise kit.CheckpointError("backend state 'fit_loop' is not a dict")
         self._restored = fit_loop
-
-    def lightning_precision(self, kit_precision: str) -> Precision:
-        chosen = self.options.precision
-        implied = _FROM_KIT.get(kit_precision, "32-true")
-        if chosen is not None and kit_precision != "32" and chosen != implied:
-            raise kit.ConfigError(
-                f"training.precision {kit_precision} and backend.lightning-trainer.precision {chosen} "
-                "disagree", key="backend.lightning-trainer.precision", hint="set one of them only")
-        return chosen or implied
-
 
 class _KitModule(L.LightningModule):
     """The user's model and kit's task as Lightning sees them (KnowIt's way): the steps call the
@@ -268,21 +262,18 @@ class _LightningLoop:
             return self.pl
         cfg = self.kit.config
         train = cfg.training
-        options = self.backend.options
-        accelerator = options.accelerator
-        if accelerator == "auto" and train.device != "auto":
-            accelerator = "cuda" if train.device.startswith("cuda") else train.device  # type: ignore[assignment]
+        backend = self.backend
         for name in ("lightning.pytorch", "lightning.fabric"):  # kit says what it runs on, once
             logging.getLogger(name).setLevel(logging.WARNING)
         self.pl = L.Trainer(
-            accelerator=accelerator, devices=1, precision=self.backend.lightning_precision(train.precision),
+            accelerator=backend.accelerator, devices=1, precision=backend.precision,
             max_epochs=train.iterations, check_val_every_n_epoch=train.eval_frequency,
             log_every_n_steps=train.log_every_n_steps, gradient_clip_val=train.clip_grad_norm,
             accumulate_grad_batches=train.grad_accum, callbacks=[_Saves(self.kit), self.callback],
             logger=False, enable_checkpointing=False, use_distributed_sampler=False,
             num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
             default_root_dir=str(self.kit.run_dir) if self.kit.run_dir is not None else None,
-            **options.trainer)
+            **backend.options.trainer)
         return self.pl
 
     def fit(self) -> None:
@@ -305,9 +296,7 @@ class _LightningLoop:
 
     def test(self) -> dict[str, float]:
         (results,) = self._trainer().test(self.module, self.kit.test_loader, verbose=False) or [{}]
-        values = _short(results, "test")
-        self.kit.results["test"] = values
-        return values
+        return _short(results, "test")  # KitCallback's kit_test_end kept them in trainer.results
 
     def state_dict(self) -> dict[str, Any]:
         return {}

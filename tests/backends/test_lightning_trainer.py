@@ -143,3 +143,14 @@ def test_a_signal_mid_epoch_stops_cleanly_keeping_the_last_epochs_checkpoint(tmp
     again.run()
     a, b = final_weights(straight.run_dir), final_weights(again.run_dir)  # type: ignore[arg-type]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_disagreeing_precisions_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    training = {**CONFORM["training"], "precision": "bf16"}
+    cfg = config(tmp_path, "precision", **{**CONFORM, "training": training},
+                 backend={"lightning-trainer": {"precision": "16-mixed"}})
+    says = (r"^backend\.lightning-trainer\.precision: training\.precision bf16 and "
+            r"backend\.lightning-trainer\.precision 16-mixed disagree")
+    with pytest.raises(kit.ConfigError, match=says):
+        kit.Trainer(kit.load_config(write(tmp_path, cfg)), autoload=False).run()
+    assert not (tmp_path / "runs").exists()
