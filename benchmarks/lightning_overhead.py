@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import statistics
-import sys
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -38,8 +37,8 @@ import loop_overhead  # type: ignore[import-not-found, unused-ignore]  # a sibli
 import torch
 from loop_overhead import (  # type: ignore[import-not-found, unused-ignore]  # the same model, data, clock
     BATCH,
-    CLOCKS,
     N_SAMPLES,
+    arguments,
     build_data,
     build_model,
     raw_loop,
@@ -193,20 +192,7 @@ def report(args: argparse.Namespace, times: dict[str, list[float] | None],
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (1 keeps tiny-op timings steady)")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                        help="wall time, or this process's CPU time (steadier on a busy machine)")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
-    if args.epochs < 2 or args.repeats < 1:
-        parser.error("--epochs needs 2 or more (epoch 1 is warm-up); --repeats 1 or more")
-    loop_overhead.now = CLOCKS[args.clock]  # the clock EpochClock and raw_loop read
-    torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    args = arguments(__doc__.splitlines()[0])  # also sets the clock EpochClock and raw_loop read
     quiet()
 
     def raw(epochs: int, tmp: Path) -> list[float]:

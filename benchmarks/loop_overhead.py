@@ -133,8 +133,11 @@ def kit_loop(epochs: int, loggers: list[object], runs_dir: Path, *, log_every: i
     return run_kit(epochs, runs_dir, loggers=loggers, plugins=plugins, log_every=log_every).per_epoch
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description: str) -> argparse.Namespace:
+    """The options every single-process benchmark takes, parsed and applied: the clock that
+    ``EpochClock`` and ``raw_loop`` read, torch's threads, and this folder on ``sys.path``
+    (kit imports the model and data targets from it)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1,
@@ -143,10 +146,17 @@ def main() -> None:
                         help="wall time, or this process's CPU time (steadier on a busy machine)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    if args.epochs < 2 or args.repeats < 1:
+        parser.error("--epochs needs 2 or more (epoch 1 is warm-up); --repeats 1 or more")
     global now
     now = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    return args
+
+
+def main() -> None:
+    args = arguments(__doc__.splitlines()[0])
 
     default: list[object] = ["console", "jsonl"]
     variants: dict[str, tuple[list[object], list[object]] | None] = {  # (loggers, plugins)
