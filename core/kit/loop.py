@@ -491,7 +491,7 @@ class Loop:
                     mean_loss.update(loss, out.size)
                     if metrics is None and trainer.metrics:  # built when predictions show their shape
                         classes = _classes(out.preds) if task.classification else 0
-                        metrics = self._metrics(classes)
+                        metrics = trainer.new_metrics(classes)
                     for metric in metrics or ():
                         metric.update(out.preds, out.targets)
                     if end is not None:
@@ -500,14 +500,11 @@ class Loop:
             if self.distributed and trainer.metrics:  # a rank without batches builds them alike
                 agreed = backend.all_reduce(torch.tensor([float(classes)]), "max")
                 if metrics is None:
-                    metrics = self._metrics(int(agreed.item()))
+                    metrics = trainer.new_metrics(int(agreed.item()))
             results = {"loss": float(mean_loss.compute())}  # torchmetrics sums over every rank
             for spec, metric in zip(trainer.metrics, metrics or (), strict=False):
                 results[spec.name] = float(metric.compute())
         return results
-
-    def _metrics(self, classes: int) -> list[Any]:
-        return self.trainer.new_metrics(classes)
 
     def validate(self, iteration: int) -> dict[str, float]:
         """One validation pass, firing the ``kit_val_*`` hooks and recording ``val/*``."""
