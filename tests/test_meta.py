@@ -270,3 +270,13 @@ def test_the_plugin_guide_lists_every_public_name() -> None:
     section = guide.split("\n## What a plugin imports\n", 1)[1].split("\n## ", 1)[0]
     table = "\n".join(line for line in section.splitlines() if line.startswith("|"))
     assert sorted(set(re.findall(r"`(\w+)`", table))) == public_names()
+
+
+@pytest.mark.parametrize("package", ["kit", "kit.plugins", "kit.cli", "kit_backends", "kit_contrib"])
+def test_no_public_name_is_also_a_submodule(package: str) -> None:
+    """A lazily loaded ``pkg.name`` that is also ``pkg/name.py`` is replaced by the module as
+    soon as anything imports ``pkg.name`` directly, so ``from pkg import name`` then gives
+    a module instead of the function (this broke the CLI's plugin blame once)."""
+    imported = importlib.import_module(package)
+    submodules = {info.name for info in pkgutil.iter_modules(imported.__path__)}
+    assert not submodules & set(getattr(imported, "__all__", ())), package

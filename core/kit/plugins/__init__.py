@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from kit._lazy import lazy_attributes
 
 if TYPE_CHECKING:
-    from kit.plugins.blame import blame
+    from kit.plugins.culprit import blame
     from kit.plugins.discovery import AUTOLOAD_ENV, GROUPS, EntryPointSpec, Registry
     from kit.plugins.isolation import Isolated
     from kit.plugins.manager import (
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 _LAZY = {
-    "blame": "kit.plugins.blame",
+    "blame": "kit.plugins.culprit",
     "GROUPS": "kit.plugins.discovery",
     "EntryPointSpec": "kit.plugins.discovery",
     "Registry": "kit.plugins.discovery",

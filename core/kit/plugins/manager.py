@@ -7,7 +7,7 @@ kit's hooks cheaply: ``pm = kit.get_plugin_manager(MyPlugin())``.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +53,45 @@ class KitPluginManager(pluggy.PluginManager):
     def __init__(self) -> None:
         super().__init__(PROJECT)
         self.labels: dict[str, str] = {}
+        self._monitors = 0
+        self._watchers: list[Callable[[], None]] = []
+
+    @property
+    def monitored(self) -> bool:
+        """Whether hook calls are monitored (traced): :class:`~kit.plugins.relay.HookRelay`
+        then sends every call through pluggy, which does the monitoring."""
+        return self._monitors > 0
+
+    def watch(self, changed: Callable[[], None]) -> None:
+        """Call ``changed`` whenever what a hook call runs may have changed: a plugin
+        registered or unregistered, monitoring turned on or off (relays re-resolve)."""
+        self._watchers.append(changed)
+
+    def _changed(self) -> None:
+        for changed in self._watchers:
+            changed()
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        registered = super().register(plugin, name)
+        self._changed()
+        return registered
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any | None:
+        unregistered = super().unregister(plugin, name)
+        self._changed()
+        return unregistered
+
+    def add_hookcall_monitoring(self, before: Any, after: Any) -> Callable[[], None]:
+        undo = super().add_hookcall_monitoring(before, after)
+        self._monitors += 1
+        self._changed()
+
+        def stop() -> None:
+            undo()
+            self._monitors -= 1
+            self._changed()
+
+        return stop
 
     def label(self, name: str | None, plugin: object = None) -> str:
         """``package[entry]``, an import target, or the class name of an object registered as is."""

@@ -5,6 +5,21 @@ small steps that is measurable. :class:`HookRelay` resolves each hook once: an
 attribute is the hook caller when at least one plugin implements it, else ``None``,
 so the loop pays one ``is not None`` test for an event nobody listens to.
 
+A hook whose implementations are all plain functions (no wrappers) needs nothing of
+pluggy's machinery at call time, and per-step hooks pay for it on every step: inside
+a training step, with torch's kernels between calls, a pluggy call costs several µs,
+as much as the work of a plugin like ``grad_norm``. For such a hook the attribute is a
+direct call instead (:func:`direct_call`), which keeps pluggy's semantics exactly:
+the same implementations in the same order (last registered first, ``tryfirst`` and
+``trylast`` honoured), each given only the arguments it names, ``firstresult`` hooks
+stopping at the first non-``None`` result, exceptions passed through unchanged. A
+single implementation that takes every argument is the attribute itself. Hooks with
+wrappers, and every hook while hook-call monitoring is on
+(``pm.add_hookcall_monitoring``, ``pm.enable_tracing``), go through pluggy. kit's
+plugin manager tells its relays when either changes, as when a plugin is registered or
+unregistered; with another manager, call :meth:`HookRelay.refresh` after such changes.
+Only ``firstresult`` hooks return anything through the relay.
+
 pluggy's callers accept any keywords, so a misspelt one would only show at run time
 (and only when a plugin implements the hook). Each attribute is therefore declared with
 a callable protocol that mirrors its spec in :mod:`kit.hookspecs`, keyword-only, as
@@ -14,6 +29,7 @@ checks the protocols against the specs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
@@ -42,6 +58,7 @@ __all__ = [
     "TestEndHook",
     "TrainerHook",
     "ValEndHook",
+    "direct_call",
 ]
 
 # One protocol per signature in kit.hookspecs; hooks that share a signature share one.
@@ -113,6 +130,30 @@ class InterruptHook(Protocol):
     def __call__(self, *, trainer: Trainer, signum: int) -> None: ...
 
 
+def direct_call(caller: pluggy.HookCaller) -> Callable[..., Any] | None:
+    """What calls ``caller``'s implementations with no pluggy frame between, or ``None``
+    when one of them is a wrapper (or takes keyword-only arguments), which pluggy runs."""
+    impls = caller.get_hookimpls()
+    if not impls or any(i.hookwrapper or i.wrapper or i.kwargnames for i in impls):
+        return None
+    spec = caller.spec
+    names = set(spec.argnames) if spec is not None else None
+    firstresult = bool(spec is not None and spec.opts.get("firstresult"))
+    if len(impls) == 1 and set(impls[0].argnames) == names:  # takes every argument, by keyword
+        function: Callable[..., Any] = impls[0].function
+        return function
+    order = [(impl.function, impl.argnames) for impl in reversed(impls)]  # pluggy's call order
+
+    def call(**kwargs: Any) -> Any:
+        for function, argnames in order:
+            result = function(*[kwargs[name] for name in argnames])
+            if result is not None and firstresult:
+                return result
+        return None
+
+    return call
+
+
 class HookRelay:
     """One attribute per hook (``relay.kit_step_end``): a caller, or ``None``.
 
@@ -148,12 +189,19 @@ class HookRelay:
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
         self.refresh()
+        watch = getattr(pm, "watch", None)  # kit's manager: re-resolved whenever that may change
+        if watch is not None:
+            watch(self.refresh)
 
     def refresh(self) -> None:
-        """Re-resolve after plugins were registered or unregistered."""
+        """Re-resolve after plugins were registered or unregistered, or monitoring changed."""
+        monitored = getattr(self.pm, "monitored", False)
         for name in HOOK_NAMES:
             caller = getattr(self.pm.hook, name)
-            setattr(self, name, caller if caller.get_hookimpls() else None)
+            if not caller.get_hookimpls():
+                setattr(self, name, None)
+            else:
+                setattr(self, name, (None if monitored else direct_call(caller)) or caller)
 
     def call(self, name: str, **kwargs: Any) -> None:
         """Fire ``name`` when implemented; for code off the hot path (not type-checked)."""
