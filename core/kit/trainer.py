@@ -527,10 +527,13 @@ class Trainer:
     # -- metrics ----------------------------------------------------------------------
 
     def record(
-        self, name: str, value: Any, *, kind: MetricKind = "scalar", split: Split | None = None
+        self, name: str, value: Any, *, kind: MetricKind = "scalar", split: Split | None = None,
+        step: int | None = None,
     ) -> None:
         """Record a value: fires ``kit_metric_recorded`` (tensors become Python numbers here).
 
+        ``step`` defaults to ``global_step``; a hook that measures the optimizer step under
+        way (``kit_before_optimizer_step``, before it is counted) passes ``global_step + 1``.
         With several ranks, values are recorded once, by global rank zero; the loop's own
         (losses, validation and test metrics) are reduced over every rank first.
         """
@@ -542,11 +545,12 @@ class Trainer:
             value = value.detach()
             value = value.item() if value.numel() == 1 else value.cpu().tolist()
         if monitored:
-            self._monitored = (float(value), self.global_step)
+            self._monitored = (float(value), self.global_step)  # the weights it was measured on
         if hook is None:
             return
         hook(trainer=self, record=MetricRecord(
-            name=name, value=value, kind=kind, split=split, step=self.global_step,
+            name=name, value=value, kind=kind, split=split,
+            step=self.global_step if step is None else step,
             iteration=self.iteration, wall_time=time.time(),
         ))
 
@@ -673,7 +677,7 @@ class Trainer:
     def checkpoint_due(self, *, end_of_iteration: bool) -> bool:
         """Whether a checkpoint is due by the step count, or (at an iteration's end) by
         ``save_frequency`` and at the last iteration: the same answer on every rank."""
-        if self.global_step >= self._next_save_step:
+        if self.state.global_step >= self._next_save_step:
             return True
         if not end_of_iteration:
             return False

@@ -8,11 +8,11 @@ parameter group; the total is the norm of the groups' norms, which for a p-norm 
 norm over every gradient.
 
 Step numbers match ``train/loss``: the norm of the N-th optimizer step is recorded with
-step N, on steps where N % every_n_steps == 0. The hook fires before ``global_step``
-counts the step, so the values wait on the device and are read (one host read, on rank
-zero only) at that step's ``kit_step_end``, right after kit logs ``train/loss``. On every
-other step the plugin does nothing: no device work, no host sync. A step that
-``nan_guard`` skips is measured too, so its norm shows what was wrong (inf or NaN).
+step N, on steps where N % every_n_steps == 0. The plugin implements that one hook and
+on every other step returns after one modulo: no device work, no host sync. On a
+recording step the norms are read at once (one host read, on rank zero only; on a GPU
+a sync every N steps, as ``train/loss`` logging has anyway). A step that ``nan_guard``
+skips is measured too, so its norm shows what was wrong (inf or NaN).
 """
 
 from __future__ import annotations
@@ -54,31 +54,15 @@ class GradNorm:
 
     def __init__(self, options: Options | None = None) -> None:
         self.options = options or self.Options()
-        self._pending: torch.Tensor | None = None
-        """The norms of the step being taken, recorded once ``global_step`` has counted it."""
 
     @kit.hookimpl
     def kit_before_optimizer_step(self, trainer: Trainer, optimizer: torch.optim.Optimizer) -> None:
-        every = self.options.every_n_steps or trainer.config.training.log_every_n_steps
-        if (trainer.global_step + 1) % every or not trainer.is_global_zero:  # only rank zero records
+        step = trainer.global_step + 1  # the step under way: counted once the optimizer has stepped
+        if step % (self.options.every_n_steps or trainer.config.training.log_every_n_steps) \
+                or not trainer.is_global_zero:  # only rank zero records
             return
-        self._pending = group_norms(optimizer, self.options.norm_type, per_group=self.options.per_group)
-
-    @kit.hookimpl
-    def kit_step_end(self, trainer: Trainer) -> None:
-        if self._pending is not None:
-            self._record(trainer)
-
-    @kit.hookimpl
-    def kit_loader_exhausted(self, trainer: Trainer) -> None:
-        """A loader without a length ends its pass with one more optimizer step, and no step end."""
-        if self._pending is not None:
-            self._record(trainer)
-
-    def _record(self, trainer: Trainer) -> None:
-        assert self._pending is not None
-        total, *groups = self._pending.tolist()  # the one host read
-        self._pending = None
-        trainer.record("grad_norm/total", total, split="train")
+        norms = group_norms(optimizer, self.options.norm_type, per_group=self.options.per_group)
+        total, *groups = norms.tolist()  # the one host read
+        trainer.record("grad_norm/total", total, split="train", step=step)
         for i, value in enumerate(groups):
-            trainer.record(f"grad_norm/group{i}", value, split="train")
+            trainer.record(f"grad_norm/group{i}", value, split="train", step=step)

@@ -89,11 +89,6 @@ class Counted(GradNorm):
         with self._count(trainer.global_step + 1):
             super().kit_before_optimizer_step(trainer, optimizer)
 
-    @kit.hookimpl
-    def kit_step_end(self, trainer: kit.Trainer) -> None:
-        with self._count(trainer.global_step):
-            super().kit_step_end(trainer)
-
 
 def test_steps_between_do_no_torch_work_and_no_host_read(kit_config: Any) -> None:
     plugin = Counted(GradNorm.Options(every_n_steps=3, per_group=False))
