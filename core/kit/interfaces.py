@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from kit.trainer import Trainer
 
 T = TypeVar("T")
+_NO_CONTEXT = contextlib.nullcontext()
+"""Re-entrant and stateless: one instance serves every batch that needs no context."""
 ReduceOp = Literal["sum", "mean", "max"]
 
 __all__ = ["Backend", "CheckpointFormat", "RunLoop", "State"]
@@ -251,7 +253,7 @@ class Backend:
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Mixed precision for forward (and the loss), or nothing."""
         if self.amp_dtype is None:
-            return contextlib.nullcontext()
+            return _NO_CONTEXT
         return torch.autocast(self.placed.type, dtype=self.amp_dtype)
 
     def no_backward_sync(self, forward: Any, *, enabled: bool) -> contextlib.AbstractContextManager[Any]:

@@ -62,6 +62,11 @@ class Loop:
         self.forward: Callable[..., Any] = backend.wrap(trainer.model, trainer)
         self.eval_forward: Callable[..., Any] = backend.unwrap(self.forward)
         self.distributed = backend.world_size > 1
+        # read on every batch, so looked up once (the config does not change during a run)
+        cfg = trainer.config.training
+        self.accum, self.clip, self.log_every = cfg.grad_accum, cfg.clip_grad_norm, cfg.log_every_n_steps
+        per_step = trainer.config.scheduler is not None and trainer.config.scheduler.interval == "step"
+        self.step_scheduler = trainer.scheduler if per_step else None
         self.window: list[torch.Tensor] = []  # losses since the last log, on the device
         self.iter_sum: torch.Tensor | float = 0.0
         self.iter_count = 0
@@ -139,6 +144,13 @@ class Loop:
         checkpoint covers both; that end agrees with the other ranks itself.
         """
         trainer = self.trainer
+        if not self.distributed:  # nothing to agree on; this runs after every step, so directly
+            if trainer.stop_signal is not None:
+                trainer.interrupt()  # saves, and stops the run
+            if not ends_iteration and (trainer.checkpoint_due(end_of_iteration=False)
+                                       or trainer.checkpoint_due_by_time()):
+                trainer.save_checkpoint()
+            return
         if ends_iteration:
             if self.signalled:
                 trainer.interrupt()
@@ -152,36 +164,47 @@ class Loop:
     # -- one batch ------------------------------------------------------------------
 
     def _train_batch(self, batch: Any, optimizer_step: bool) -> torch.Tensor:
-        trainer, backend, task = self.trainer, self.backend, self.task
+        """Forward and backward one batch; on a step's last micro-batch, the optimizer step.
+
+        Runs once per batch, so it does nothing it need not: hooks nobody implements cost an
+        ``is not None`` test, and the no-sync context is entered only for the micro-batches
+        of an accumulation, whose gradients wait for the step's last one.
+        """
+        trainer, backend = self.trainer, self.backend
         batch = backend.to_device(batch)
-        self.samples += task.batch_size(batch)
-        accum = trainer.config.training.grad_accum
-        hooks = trainer.hooks
-        with backend.no_backward_sync(self.forward, enabled=not optimizer_step):
-            with backend.autocast():
-                loss = task.training_step(self.forward, batch)
-            if hooks.kit_before_backward is not None:
-                hooks.kit_before_backward(trainer=trainer, loss=loss.detach())
-            backend.backward(loss / accum if accum > 1 else loss)
-        if hooks.kit_after_backward is not None:
-            hooks.kit_after_backward(trainer=trainer)
-        loss = loss.detach()
+        self.samples += self.task.batch_size(batch)
+        if optimizer_step:
+            loss = self._forward_backward(batch)
+        else:
+            with backend.no_backward_sync(self.forward, enabled=True):
+                loss = self._forward_backward(batch)
+        if trainer.hooks.kit_after_backward is not None:
+            trainer.hooks.kit_after_backward(trainer=trainer)
         self.window.append(loss)
         self.pending += 1
         if optimizer_step:
             self._optimizer_step(loss)
         return loss
 
+    def _forward_backward(self, batch: Any) -> torch.Tensor:
+        """The batch's loss (returned detached), and its backward, scaled by accumulation."""
+        trainer, backend = self.trainer, self.backend
+        with backend.autocast():
+            loss = self.task.training_step(self.forward, batch)
+        if trainer.hooks.kit_before_backward is not None:
+            trainer.hooks.kit_before_backward(trainer=trainer, loss=loss.detach())
+        backend.backward(loss / self.accum if self.accum > 1 else loss)
+        return loss.detach()
+
     def _optimizer_step(self, loss: torch.Tensor) -> None:
         """Unscale when something reads the gradients, let plugins see or veto them, clip and
         step (or skip), zero the gradients, count the step, then log when due."""
         trainer, state, backend = self.trainer, self.state, self.backend
-        cfg = trainer.config.training
         hooks = trainer.hooks
         optimizer = trainer.optimizer
         assert optimizer is not None
         before, veto = hooks.kit_before_optimizer_step, hooks.kit_skip_optimizer_step
-        if cfg.clip_grad_norm is not None or before is not None or veto is not None:
+        if self.clip is not None or before is not None or veto is not None:
             backend.unscale_gradients(optimizer)
         if before is not None:
             before(trainer=trainer, optimizer=optimizer)
@@ -191,7 +214,7 @@ class Loop:
             if self.backend.all_reduce(flag, "max").item() and reason is None:
                 reason = "skipped on another rank"
         if reason is None:
-            backend.optimizer_step(optimizer, clip_grad_norm=cfg.clip_grad_norm)
+            backend.optimizer_step(optimizer, clip_grad_norm=self.clip)
         else:
             backend.skip_optimizer_step(optimizer)
         optimizer.zero_grad(set_to_none=True)
@@ -201,11 +224,10 @@ class Loop:
             self.skipped += 1
             trainer.record("train/skipped_steps", self.skipped, split="train")
             trainer.record("train/skip_reason", str(reason), kind="text", split="train")
-        elif trainer.scheduler is not None and trainer.config.scheduler is not None \
-                and trainer.config.scheduler.interval == "step":
-            trainer.scheduler.step()
+        elif self.step_scheduler is not None:
+            self.step_scheduler.step()
         self.pending = 0
-        if state.global_step % cfg.log_every_n_steps == 0:
+        if state.global_step % self.log_every == 0:
             self._log_window()
 
     def _log_window(self, *, record: bool = True) -> None:

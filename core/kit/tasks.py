@@ -62,8 +62,11 @@ class Task:
         self.loss: LossFn | None = None
 
     def batch_size(self, batch: Any) -> int:
-        """Samples in ``batch``, for throughput and the evaluation mean."""
-        first = _first_tensor(batch)
+        """Samples in ``batch``, for throughput and the evaluation mean: the first tensor's
+        first dimension (found at once in an ``(inputs, targets)`` tuple; a search otherwise)."""
+        first = batch[0] if isinstance(batch, tuple | list) and batch else batch
+        if not isinstance(first, torch.Tensor):
+            first = _first_tensor(batch)
         return int(first.shape[0]) if first is not None and first.dim() else 1
 
     def check(self, metrics: int) -> None:
@@ -103,6 +106,11 @@ class Classification(Task):
     default_loss = "cross_entropy"
     default_metrics = ("accuracy",)
     classification = True
+
+    def training_step(self, forward: Callable[..., Any], batch: Any) -> torch.Tensor:
+        inputs, targets, _ = _pair(batch, "classification")  # evaluation_step's loss, run every batch
+        assert self.loss is not None
+        return self.loss(forward(inputs), targets)
 
     def evaluation_step(self, forward: Callable[..., Any], batch: Any) -> Evaluation:
         inputs, targets, _ = _pair(batch, "classification")

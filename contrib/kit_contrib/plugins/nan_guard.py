@@ -12,7 +12,8 @@ good weights.
 Cost: one fused pass over the gradients per optimizer step, the one the grad scaler
 uses to find overflows (``torch._amp_foreach_non_finite_check_and_unscale_`` with a
 scale of 1, which leaves every value as it was), and one host read of its flag and the
-loss: the decision needs them on the host, so on a GPU this is one sync per step. Only
+loss: the decision needs them on the host, so on a GPU this is one sync per step. The
+flag is zeroed only after a bad step, since the check only ever sets it. Only
 when a step is bad are the gradients' 1-norms computed, to name the parameter. Gradients
 of mixed devices or dtypes, or sparse ones, take one ``torch._foreach_norm`` instead.
 Under ``precision: "16"`` only the loss is checked: overflowing gradients are the grad
@@ -85,11 +86,13 @@ def _plan(trainer: Trainer, optimizer: torch.optim.Optimizer, loss: torch.Tensor
 
 def _finite(plan: _Plan, loss: torch.Tensor) -> bool:
     """Whether the loss and every gradient are finite; one fused pass and one host read."""
-    grads = _gradients(plan.optimizer) if plan.gradients else []
+    grads = [p.grad for group in plan.optimizer.param_groups for p in group["params"]
+             if p.grad is not None] if plan.gradients else []  # _gradients, inline: every step
     if not grads:
         return math.isfinite(loss.item())
     if plan.found is not None and plan.one is not None:
-        plan.found.zero_()
+        # the check only ever sets its flag, so a flag still 0 from the last good step needs
+        # no zeroing; after a bad step, _reason zeroes it
         torch._amp_foreach_non_finite_check_and_unscale_(grads, plan.found, plan.one)
         if plan.on_cpu:
             return math.isfinite(loss.item()) and not plan.found.item()
@@ -109,6 +112,17 @@ def _finite_check(plan: _Plan, loss: torch.Tensor) -> list[float]:
     if plan.on_cpu:
         return [loss.item(), *[norm.item() for norm in norms]]
     return torch.stack([loss.reshape(()), *norms]).tolist()
+
+
+def _reason(trainer: Trainer, plan: _Plan, loss: torch.Tensor) -> str | None:
+    """Why a step :func:`_finite` refused must not be taken: which value is not finite.
+    Resets the fused check's flag for the next step."""
+    if plan.found is not None:
+        plan.found.zero_()
+    values = _finite_check(plan, loss)
+    if not math.isfinite(values[0]):
+        return "non-finite loss"
+    return _where(trainer, plan.optimizer, values[1:])
 
 
 def _where(trainer: Trainer, optimizer: torch.optim.Optimizer, norms: list[float]) -> str | None:
@@ -146,27 +160,20 @@ class NanGuard:
     @kit.hookimpl
     def kit_skip_optimizer_step(self, trainer: Trainer, optimizer: torch.optim.Optimizer,
                                 loss: torch.Tensor) -> str | None:
-        reason = self._reason(trainer, optimizer, loss)
-        if reason is None:
+        plan = self._plan
+        if plan is None or plan.optimizer is not optimizer:
+            plan = self._plan = _plan(trainer, optimizer, loss, self.options.check_gradients)
+        if _finite(plan, loss):  # the usual case: one fused check, one host read
+            self.consecutive = 0
+            return None
+        reason = _reason(trainer, plan, loss)
+        if reason is None:  # every value finite; only a 1-norm overflowed
             self.consecutive = 0
             return None
         self.consecutive += 1
         if self.consecutive >= self.options.max_consecutive:
             self._stop(trainer, reason)
         return reason
-
-    def _reason(self, trainer: Trainer, optimizer: torch.optim.Optimizer,
-                loss: torch.Tensor) -> str | None:
-        """Why this step must not be taken, or ``None``; one host read."""
-        plan = self._plan
-        if plan is None or plan.optimizer is not optimizer:
-            plan = self._plan = _plan(trainer, optimizer, loss, self.options.check_gradients)
-        if _finite(plan, loss):  # the usual case
-            return None
-        values = _finite_check(plan, loss)  # a bad step: which value is not finite
-        if not math.isfinite(values[0]):
-            return "non-finite loss"
-        return _where(trainer, optimizer, values[1:])
 
     def _stop(self, trainer: Trainer, reason: str) -> None:
         trainer.should_stop = True
