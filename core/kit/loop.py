@@ -65,8 +65,8 @@ class Loop:
         # read on every batch, so looked up once (the config does not change during a run)
         cfg = trainer.config.training
         self.accum, self.clip, self.log_every = cfg.grad_accum, cfg.clip_grad_norm, cfg.log_every_n_steps
-        per_step = trainer.config.scheduler is not None and trainer.config.scheduler.interval == "step"
-        self.step_scheduler = trainer.scheduler if per_step else None
+        scheduler = trainer.config.scheduler
+        self.step_scheduler = scheduler is not None and scheduler.interval == "step"
         self.window: list[torch.Tensor] = []  # losses since the last log, on the device
         self.iter_sum: torch.Tensor | float = 0.0
         self.iter_count = 0
@@ -224,8 +224,8 @@ class Loop:
             self.skipped += 1
             trainer.record("train/skipped_steps", self.skipped, split="train")
             trainer.record("train/skip_reason", str(reason), kind="text", split="train")
-        elif self.step_scheduler is not None:
-            self.step_scheduler.step()
+        elif self.step_scheduler and trainer.scheduler is not None:
+            trainer.scheduler.step()
         self.pending = 0
         if state.global_step % self.log_every == 0:
             self._log_window()
@@ -332,18 +332,18 @@ class Loop:
                 n_batches: int | None = len(loader) + (skip if _skips(loader) else 0)
             except TypeError:  # an IterableDataset without a length
                 n_batches = None
-            step_begin, step_end = hooks.kit_step_begin, hooks.kit_step_end
             batch_idx = skip - 1
             exhausted = True
             for batch_idx, batch in enumerate(batches, start=skip):
                 state.batch_idx = batch_idx
                 state.epoch_batches = batch_idx + 1
-                if step_begin is not None:
-                    step_begin(trainer=trainer, iteration=iteration, batch_idx=batch_idx)
+                if hooks.kit_step_begin is not None:  # read each time: plugins may come and go
+                    hooks.kit_step_begin(trainer=trainer, iteration=iteration, batch_idx=batch_idx)
                 due = (batch_idx + 1) % accum == 0 or batch_idx + 1 == n_batches
                 loss = self._train_batch(batch, due)
-                if step_end is not None:
-                    step_end(trainer=trainer, iteration=iteration, batch_idx=batch_idx, loss=loss)
+                if hooks.kit_step_end is not None:
+                    hooks.kit_step_end(trainer=trainer, iteration=iteration, batch_idx=batch_idx,
+                                       loss=loss)
                 if due:  # a stop signal, or a checkpoint due by steps or seconds
                     self._step_done(ends_iteration=batch_idx + 1 == n_batches)
                 if self.stopping:
@@ -492,8 +492,8 @@ class Loop:
         model = trainer.model
         assert model is not None
         hooks = trainer.hooks
-        begin, end = (hooks.kit_val_step_begin, hooks.kit_val_step_end) if split == "val" else \
-            (hooks.kit_test_step_begin, hooks.kit_test_step_end)
+        begin, end = ("kit_val_step_begin", "kit_val_step_end") if split == "val" else \
+            ("kit_test_step_begin", "kit_test_step_end")
         import torchmetrics
 
         mean_loss = torchmetrics.MeanMetric(nan_strategy="ignore").to(trainer.device)
@@ -506,8 +506,9 @@ class Loop:
                 for batch_idx, batch in enumerate(loader):
                     if trainer.stop_signal is not None and not self.distributed:
                         trainer.interrupt()
-                    if begin is not None:
-                        begin(trainer=trainer, batch_idx=batch_idx)
+                    begin_hook = getattr(hooks, begin)  # read each time: plugins may come and go
+                    if begin_hook is not None:
+                        begin_hook(trainer=trainer, batch_idx=batch_idx)
                     out = task.evaluation_step(self.eval_forward, backend.to_device(batch))
                     loss = out.loss.detach().float()
                     mean_loss.update(loss, out.size)
@@ -516,8 +517,9 @@ class Loop:
                         metrics = trainer.new_metrics(classes)
                     for metric in metrics or ():
                         metric.update(out.preds, out.targets)
-                    if end is not None:
-                        end(trainer=trainer, batch_idx=batch_idx, loss=loss, evaluation=out)
+                    end_hook = getattr(hooks, end)
+                    if end_hook is not None:
+                        end_hook(trainer=trainer, batch_idx=batch_idx, loss=loss, evaluation=out)
             model.train(was_training)
             if self.distributed and trainer.metrics:  # a rank without batches builds them alike
                 agreed = backend.all_reduce(torch.tensor([float(classes)]), "max")

@@ -107,11 +107,6 @@ class Classification(Task):
     default_metrics = ("accuracy",)
     classification = True
 
-    def training_step(self, forward: Callable[..., Any], batch: Any) -> torch.Tensor:
-        inputs, targets, _ = _pair(batch, "classification")  # evaluation_step's loss, run every batch
-        assert self.loss is not None
-        return self.loss(forward(inputs), targets)
-
     def evaluation_step(self, forward: Callable[..., Any], batch: Any) -> Evaluation:
         inputs, targets, _ = _pair(batch, "classification")
         assert self.loss is not None

@@ -251,9 +251,9 @@ class Trainer:
         return {key: scalar(value) for key, value in flatten(source).items()}
 
     def add_plugin(self, plugin: object, name: str | None = None) -> None:
-        """Register a plugin mid-run (a logger's progress bars, say) and re-resolve hooks."""
+        """Register a plugin mid-run (a logger's progress bars, say); ``hooks`` re-resolve
+        themselves (kit's plugin manager tells them)."""
         self.pm.register(plugin, name=name)
-        self.hooks.refresh()
 
 
     # -- the run --------------------------------------------------------------------
@@ -299,7 +299,6 @@ class Trainer:
             for name, plugin in list(self.pm.list_name_plugin()):
                 if name in self._logger_names and plugin is not None:
                     self.pm.unregister(plugin)
-            self.hooks.refresh()
 
     def build(self) -> None:
         """Seed, then build model, data, loss, metrics, optimizer and scheduler, and set up."""
@@ -544,8 +543,8 @@ class Trainer:
         if isinstance(value, torch.Tensor):
             value = value.detach()
             value = value.item() if value.numel() == 1 else value.cpu().tolist()
-        if monitored:
-            self._monitored = (float(value), self.global_step)  # the weights it was measured on
+        if monitored:  # the step a checkpoint of it will carry
+            self._monitored = (float(value), self.global_step if step is None else step)
         if hook is None:
             return
         hook(trainer=self, record=MetricRecord(

@@ -84,3 +84,27 @@ def test_metrics_reach_the_loggers_as_val_and_test_names(kit_config: Any) -> Non
     lines = (trainer.run_dir / "metrics.jsonl").read_text().splitlines()
     names = {json.loads(line)["name"] for line in lines}
     assert {"val/r2", "test/r2", "val/loss", "test/loss"} <= names
+
+
+def test_a_subclass_evaluation_step_is_the_loss_it_trains_on() -> None:
+    """A task's training loss is its evaluation_step's, so overriding that one method changes
+    both (label smoothing here)."""
+    import dataclasses
+
+    import torch
+
+    from kit.tasks import Classification
+
+    class Smoothed(Classification):
+        def evaluation_step(self, forward: Any, batch: Any) -> Any:
+            out = super().evaluation_step(forward, batch)
+            loss = torch.nn.functional.cross_entropy(out.preds, out.targets, label_smoothing=0.3)
+            return dataclasses.replace(out, loss=loss)
+
+    task = Smoothed()
+    task.loss = torch.nn.functional.cross_entropy
+    model = torch.nn.Linear(4, 3)
+    batch = (torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    assert torch.equal(task.training_step(model, batch), task.evaluation_step(model, batch).loss)
+    assert not torch.equal(task.training_step(model, batch),
+                           Classification.evaluation_step(task, model, batch).loss)

@@ -82,6 +82,27 @@ def test_losses_reach_hooks_as_detached_tensors(kit_config: Any) -> None:
         for loss in recorder.losses)
 
 
+def test_a_plugin_added_or_removed_mid_iteration_takes_effect_at_the_next_batch(kit_config: Any) -> None:
+    calls: dict[str, list[int]] = {"once": [], "late": []}
+
+    class Late:
+        @kit.hookimpl
+        def kit_step_end(self, batch_idx: int) -> None:
+            calls["late"].append(batch_idx)
+
+    class Once:
+        @kit.hookimpl
+        def kit_step_end(self, trainer: kit.Trainer, batch_idx: int) -> None:
+            calls["once"].append(batch_idx)
+            trainer.pm.unregister(self)
+            trainer.add_plugin(Late(), name="late")
+
+    trainer = kit.Trainer(kit_config(training={"iterations": 1}), plugins=[Once()], autoload=False)
+    trainer.run()
+    assert calls["once"] == [0]
+    assert trainer.batch_idx >= 2 and calls["late"] == list(range(1, trainer.batch_idx + 1))
+
+
 def test_unimplemented_hooks_are_never_dispatched(kit_config: Any) -> None:
     class OnlyBegin:
         @kit.hookimpl

@@ -86,10 +86,15 @@ class KitPluginManager(pluggy.PluginManager):
         self._monitors += 1
         self._changed()
 
+        stopped = False
+
         def stop() -> None:
+            nonlocal stopped
             undo()
-            self._monitors -= 1
-            self._changed()
+            if not stopped:  # pluggy's undo may be called twice; the count drops once
+                stopped = True
+                self._monitors -= 1
+                self._changed()
 
         return stop
 

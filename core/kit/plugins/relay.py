@@ -13,12 +13,14 @@ direct call instead (:func:`direct_call`), which keeps pluggy's semantics exactl
 the same implementations in the same order (last registered first, ``tryfirst`` and
 ``trylast`` honoured), each given only the arguments it names, ``firstresult`` hooks
 stopping at the first non-``None`` result, exceptions passed through unchanged. A
-single implementation that takes every argument is the attribute itself. Hooks with
-wrappers, and every hook while hook-call monitoring is on
-(``pm.add_hookcall_monitoring``, ``pm.enable_tracing``), go through pluggy. kit's
-plugin manager tells its relays when either changes, as when a plugin is registered or
-unregistered; with another manager, call :meth:`HookRelay.refresh` after such changes.
-Only ``firstresult`` hooks return anything through the relay.
+single implementation that takes every argument by keyword is the attribute itself
+(kit's calls are type-checked, so none misses or adds a keyword). Hooks with wrappers,
+and every hook while hook-call monitoring is on (``pm.add_hookcall_monitoring``,
+``pm.enable_tracing``), go through pluggy; so does every hook of a manager other than
+kit's, which cannot say whether it is monitored. kit's manager tells its relays when
+monitoring or its plugins change; the loop reads each attribute at every call, so a
+plugin registered or unregistered mid-iteration takes effect at once. Only
+``firstresult`` hooks return anything through the relay.
 
 pluggy's callers accept any keywords, so a misspelt one would only show at run time
 (and only when a plugin implements the hook). Each attribute is therefore declared with
@@ -29,6 +31,7 @@ checks the protocols against the specs.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -130,23 +133,38 @@ class InterruptHook(Protocol):
     def __call__(self, *, trainer: Trainer, signum: int) -> None: ...
 
 
+def _by_keyword(function: Callable[..., Any]) -> bool:
+    """Whether every parameter of ``function`` can be passed by keyword."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: leave it to pluggy
+        return False
+    return all(p.kind is not inspect.Parameter.POSITIONAL_ONLY for p in parameters)
+
+
 def direct_call(caller: pluggy.HookCaller) -> Callable[..., Any] | None:
     """What calls ``caller``'s implementations with no pluggy frame between, or ``None``
-    when one of them is a wrapper (or takes keyword-only arguments), which pluggy runs."""
+    when pluggy must run them: a wrapper, an implementation with keyword-only arguments,
+    or a spec with default arguments (pluggy fills those in)."""
     impls = caller.get_hookimpls()
-    if not impls or any(i.hookwrapper or i.wrapper or i.kwargnames for i in impls):
-        return None
     spec = caller.spec
-    names = set(spec.argnames) if spec is not None else None
-    firstresult = bool(spec is not None and spec.opts.get("firstresult"))
-    if len(impls) == 1 and set(impls[0].argnames) == names:  # takes every argument, by keyword
-        function: Callable[..., Any] = impls[0].function
+    if not impls or spec is None or spec.kwargnames \
+            or any(i.hookwrapper or i.wrapper or i.kwargnames for i in impls):
+        return None
+    firstresult = bool(spec.opts.get("firstresult"))
+    only = impls[0]
+    if len(impls) == 1 and set(only.argnames) == set(spec.argnames) and _by_keyword(only.function):
+        function: Callable[..., Any] = only.function  # takes every argument: called as it is
         return function
     order = [(impl.function, impl.argnames) for impl in reversed(impls)]  # pluggy's call order
 
     def call(**kwargs: Any) -> Any:
         for function, argnames in order:
-            result = function(*[kwargs[name] for name in argnames])
+            try:
+                args = [kwargs[name] for name in argnames]
+            except KeyError as exc:
+                raise pluggy.HookCallError(f"hook call must provide argument {exc.args[0]!r}") from exc
+            result = function(*args)
             if result is not None and firstresult:
                 return result
         return None
@@ -194,20 +212,24 @@ class HookRelay:
             watch(self.refresh)
 
     def refresh(self) -> None:
-        """Re-resolve after plugins were registered or unregistered, or monitoring changed."""
-        monitored = getattr(self.pm, "monitored", False)
+        """Re-resolve after plugins were registered or unregistered, or monitoring changed.
+
+        Direct calls only with kit's manager, which says whether hook calls are monitored;
+        any other manager's hooks all go through pluggy.
+        """
+        direct = getattr(self.pm, "monitored", True) is False
         for name in HOOK_NAMES:
             caller = getattr(self.pm.hook, name)
             if not caller.get_hookimpls():
                 setattr(self, name, None)
             else:
-                setattr(self, name, (None if monitored else direct_call(caller)) or caller)
+                setattr(self, name, (direct_call(caller) if direct else None) or caller)
 
     def call(self, name: str, **kwargs: Any) -> None:
-        """Fire ``name`` when implemented; for code off the hot path (not type-checked)."""
-        caller = getattr(self, name)
-        if caller is not None:
-            caller(**kwargs)
+        """Fire ``name`` when implemented, through pluggy (its checks of the keywords); for
+        code off the hot path, not type-checked."""
+        if getattr(self, name) is not None:
+            getattr(self.pm.hook, name)(**kwargs)
 
     if not TYPE_CHECKING:  # for mypy, an unknown hook name stays an error
 

@@ -67,6 +67,21 @@ def test_norms_match_a_hand_computation_at_train_loss_steps(kit_config: Any, nor
     assert len(set(found["grad_norm/total"].values())) == 4  # a different step's gradients each time
 
 
+def test_the_norm_can_be_the_monitored_metric_of_best_checkpoints(kit_config: Any) -> None:
+    """Recorded before the step is counted, with the step it reaches: the checkpoint taken at
+    that step knows its norm."""
+    config = kit_config(loggers=["jsonl"], plugins=[{"grad_norm": {"every_n_steps": 1}}],
+                        training={"log_every_n_steps": 1},
+                        checkpoint={"monitor": "grad_norm/total", "mode": "min", "every_n_steps": 2})
+    trainer = kit.Trainer(config, autoload=False)
+    trainer.run()
+    assert trainer.run_dir is not None and trainer.best is not None
+    found = records(trainer.run_dir)["grad_norm/total"]
+    saved = {step: value for step, value in found.items() if step % 2 == 0}
+    assert trainer.best["value"] == min(saved.values())
+    assert trainer.best["step"] == min(saved, key=saved.__getitem__)
+
+
 class Counted(GradNorm):
     """GradNorm with every torch call made inside its hooks counted, by optimizer step."""
 

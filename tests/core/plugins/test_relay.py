@@ -160,3 +160,54 @@ def test_a_failing_implementation_is_still_named_with_its_hook() -> None:
         relay.kit_step_end(trainer=None, iteration=1, batch_idx=4, loss=None)
     error = blame(raised.value, pm)
     assert error is not None and "kit_step_end" in str(error) and "Breaks" in str(error)
+
+
+def test_positional_only_parameters_and_missing_keywords_behave_as_in_pluggy() -> None:
+    seen: list[Any] = []
+
+    class PositionalOnly:
+        @kit.hookimpl
+        def kit_test_begin(self, trainer: Any, /) -> None:
+            seen.append(trainer)
+
+    class Two:
+        @kit.hookimpl
+        def kit_val_begin(self, iteration: int) -> None:
+            seen.append(iteration)
+
+        @kit.hookimpl
+        def kit_step_end(self, batch_idx: int) -> None:
+            seen.append(batch_idx)
+
+    relay = HookRelay(get_plugin_manager(PositionalOnly(), Two(), Two(), autoload=False))
+    assert relay.kit_test_begin is not None and relay.kit_step_end is not None
+    relay.kit_test_begin(trainer="t")
+    assert seen == ["t"]
+    with pytest.raises(pluggy.HookCallError, match="must provide argument 'batch_idx'"):
+        relay.kit_step_end(trainer=None, iteration=1, loss=None)  # type: ignore[call-arg]
+    with pytest.raises(pluggy.HookCallError, match="must provide argument 'iteration'"), \
+            pytest.warns(UserWarning, match="'iteration'.* cannot be found"):
+        relay.call("kit_val_begin", trainer=None)  # the untyped path: pluggy's own check
+
+
+def test_another_manager_goes_through_pluggy_and_monitoring_stops_once() -> None:
+    plain = pluggy.PluginManager("kit")
+    plain.add_hookspecs(kit.hookspecs)
+
+    class Plain:
+        @kit.hookimpl
+        def kit_train_end(self) -> None:
+            pass
+
+    plain.register(Plain())
+    assert isinstance(HookRelay(plain).kit_train_end, pluggy.HookCaller)  # its monitoring is unknown
+
+    pm = get_plugin_manager(Plain(), autoload=False)
+    relay = HookRelay(pm)
+    first = pm.add_hookcall_monitoring(lambda *a: None, lambda *a: None)
+    second = pm.add_hookcall_monitoring(lambda *a: None, lambda *a: None)
+    first()
+    first()  # undone twice: the second monitor still holds
+    assert isinstance(relay.kit_train_end, pluggy.HookCaller)
+    second()
+    assert not isinstance(relay.kit_train_end, pluggy.HookCaller)
