@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import inspect
 import os
 from collections.abc import Callable
@@ -106,6 +107,7 @@ class DDPBackend(kit.Backend):
 
     def teardown(self) -> None:
         self._ddp = None
+        gc.collect()  # DDP's reducer, if a cycle holds it: freed before its group, never at exit
         if self._owns_group and dist.is_initialized():
             self._owns_group = False
             dist.destroy_process_group()

@@ -482,6 +482,10 @@ class Trainer:
                 with contextlib.suppress(RuntimeError):  # a rank that is gone already
                     self.backend.barrier()
         finally:
+            if isinstance(self.loop, Loop) and self.model is not None:
+                # the backend's wrapper (DDP's reducer, with work queued on the group) must go
+                # now, while the group is alive, not when the interpreter shuts down
+                self.loop.forward = self.loop.eval_forward = self.model
             if self.backend is not None:
                 self.backend.teardown()
 
