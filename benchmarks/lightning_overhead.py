@@ -41,6 +41,7 @@ from loop_overhead import (  # type: ignore[import-not-found, unused-ignore]  # 
     arguments,
     build_data,
     build_model,
+    figure,
     raw_loop,
     run_kit,
 )
@@ -158,7 +159,6 @@ def report(args: argparse.Namespace, times: dict[str, list[float] | None],
            targets: dict[str, str]) -> dict[str, Any]:
     """Print the table and the targets; return the same figures for ``--json``."""
     raw_times = times["raw PyTorch loop"] or []
-    raw, raw_median = min(raw_times), statistics.median(raw_times)
     print(f"64-64-10 MLP, batch {BATCH}, Adam, CPU ({torch.get_num_threads()} threads), "
           f"torch {torch.__version__}, lightning {L.__version__}; {args.epochs - 1} timed epochs of "
           f"{N_SAMPLES // BATCH} steps x {args.repeats} repeats, {args.clock} time; "
@@ -169,12 +169,7 @@ def report(args: argparse.Namespace, times: dict[str, list[float] | None],
             figures[name] = None
             print(f"  {name:<34} {SKIPPED}")
             continue
-        best, median = min(values), statistics.median(values)
-        figures[name] = {"us_per_step": round(best, 2), "ratio": round(best / raw, 4),
-                         "median_us_per_step": round(median, 2),
-                         "median_ratio": round(median / raw_median, 4)}
-        print(f"  {name:<34} {best:8.2f} µs/step {best / raw:6.3f}x raw   "
-              f"(median {median:8.2f}, {median / raw_median:6.3f}x)")
+        figures[name] = figure(name, values, raw_times, width=34)
     for kit_name, bare_name in targets.items():
         label = f"{kit_name} / {bare_name}"
         kit_times, bare_times = times[kit_name], times[bare_name]

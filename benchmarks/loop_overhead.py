@@ -152,6 +152,17 @@ def kit_loop(epochs: int, loggers: list[object], runs_dir: Path, *, log_every: i
     return run_kit(epochs, runs_dir, loggers=loggers, plugins=plugins, log_every=log_every).per_epoch
 
 
+def figure(name: str, values: list[float], raw: list[float], *, width: int) -> dict[str, float]:
+    """One variant's row against the raw loop's epochs: best epoch (judged) and median, in
+    µs per step and as a ratio; printed, and returned for ``--json``."""
+    best, median = min(values), statistics.median(values)
+    raw_best, raw_median = min(raw), statistics.median(raw)
+    print(f"  {name:<{width}} {best:8.2f} µs/step {best / raw_best:6.3f}x raw   "
+          f"(median {median:8.2f}, {median / raw_median:6.3f}x)")
+    return {"us_per_step": round(best, 2), "ratio": round(best / raw_best, 4),
+            "median_us_per_step": round(median, 2), "median_ratio": round(median / raw_median, 4)}
+
+
 def arguments(description: str) -> argparse.Namespace:
     """The options every single-process benchmark takes, parsed and applied: the clock that
     ``EpochClock`` and ``raw_loop`` read, torch's threads, and this folder on ``sys.path``
@@ -199,18 +210,11 @@ def main() -> None:
                     loggers, plugins = variant
                     times[name] += kit_loop(args.epochs, loggers, Path(tmp), plugins=plugins)
 
-    raw, raw_median = min(times["raw"]), statistics.median(times["raw"])
     print(f"64-64-10 MLP, batch {BATCH}, Adam, CPU ({torch.get_num_threads()} threads), "
           f"torch {torch.__version__}; {args.epochs - 1} timed epochs of {N_SAMPLES // BATCH} steps x "
           f"{args.repeats} repeats, {args.clock} time; best epoch (judged) and median epoch")
-    figures = {}
-    for name, values in times.items():
-        best, median = min(values), statistics.median(values)
-        figures[name] = {"us_per_step": round(best, 2), "ratio": round(best / raw, 4),
-                         "median_us_per_step": round(median, 2),
-                         "median_ratio": round(median / raw_median, 4)}
-        print(f"  {name:<40} {best:8.2f} µs/step {best / raw:6.3f}x raw   "
-              f"(median {median:8.2f}, {median / raw_median:6.3f}x)")
+    figures: dict[str, dict[str, float]] = {
+        name: figure(name, values, times["raw"], width=40) for name, values in times.items()}
     plugins = min(times["kit, grad_norm + nan_guard"])
     by_hand = min(times["raw, NaN skip + grad norm by hand"])
     figures["kit, grad_norm + nan_guard"]["ratio_to_same_checks_by_hand"] = round(plugins / by_hand, 4)

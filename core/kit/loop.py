@@ -79,6 +79,13 @@ class Loop:
         self._agree_at = self.state.global_step + 1
         self._agreed_at = self.logged_at
 
+    def release(self) -> None:
+        """Drop the backend's wrapper of the model (DDP's, whose reducer has work queued on
+        the process group) so it goes with the backend's teardown, while the group is alive,
+        and not when the interpreter shuts down; the loop's state stays readable."""
+        assert self.trainer.model is not None
+        self.forward = self.eval_forward = self.trainer.model
+
     # -- stopping and timed saves, agreed across ranks -----------------------------
 
     @property
@@ -144,13 +151,6 @@ class Loop:
         checkpoint covers both; that end agrees with the other ranks itself.
         """
         trainer = self.trainer
-        if not self.distributed:  # nothing to agree on; this runs after every step, so directly
-            if trainer.stop_signal is not None:
-                trainer.interrupt()  # saves, and stops the run
-            if not ends_iteration and (trainer.checkpoint_due(end_of_iteration=False)
-                                       or trainer.checkpoint_due_by_time()):
-                trainer.save_checkpoint()
-            return
         if ends_iteration:
             if self.signalled:
                 trainer.interrupt()

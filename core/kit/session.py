@@ -304,10 +304,8 @@ class Session:
                            hint=f"did you mean {close[0]}?" if close else "`kit hooks` lists them")
         if "iteration" in kwargs:
             trainer.state.iteration = int(kwargs["iteration"])
-        if getattr(trainer.hooks, hook) is None:
-            return None
-        with self._blamed():  # through pluggy: its result, and its error for a missing argument
-            return getattr(trainer.pm.hook, hook)(trainer=trainer, **kwargs)
+        with self._blamed():
+            return trainer.hooks.call(hook, trainer=trainer, **kwargs)
 
     def state_dict(self) -> dict[str, Any]:
         """What plugins keep to resume (``kit_checkpoint_save``) and where the session stands;

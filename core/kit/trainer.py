@@ -482,10 +482,8 @@ class Trainer:
                 with contextlib.suppress(RuntimeError):  # a rank that is gone already
                     self.backend.barrier()
         finally:
-            if isinstance(self.loop, Loop) and self.model is not None:
-                # the backend's wrapper (DDP's reducer, with work queued on the group) must go
-                # now, while the group is alive, not when the interpreter shuts down
-                self.loop.forward = self.loop.eval_forward = self.model
+            if isinstance(self.loop, Loop):
+                self.loop.release()
             if self.backend is not None:
                 self.backend.teardown()
 
@@ -680,7 +678,7 @@ class Trainer:
     def checkpoint_due(self, *, end_of_iteration: bool) -> bool:
         """Whether a checkpoint is due by the step count, or (at an iteration's end) by
         ``save_frequency`` and at the last iteration: the same answer on every rank."""
-        if self.state.global_step >= self._next_save_step:
+        if self.global_step >= self._next_save_step:
             return True
         if not end_of_iteration:
             return False

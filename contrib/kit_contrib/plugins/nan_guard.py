@@ -86,8 +86,7 @@ def _plan(trainer: Trainer, optimizer: torch.optim.Optimizer, loss: torch.Tensor
 
 def _finite(plan: _Plan, loss: torch.Tensor) -> bool:
     """Whether the loss and every gradient are finite; one fused pass and one host read."""
-    grads = [p.grad for group in plan.optimizer.param_groups for p in group["params"]
-             if p.grad is not None] if plan.gradients else []  # _gradients, inline: every step
+    grads = _gradients(plan.optimizer) if plan.gradients else []
     if not grads:
         return math.isfinite(loss.item())
     if plan.found is not None and plan.one is not None:

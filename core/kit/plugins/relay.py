@@ -225,11 +225,12 @@ class HookRelay:
             else:
                 setattr(self, name, (direct_call(caller) if direct else None) or caller)
 
-    def call(self, name: str, **kwargs: Any) -> None:
-        """Fire ``name`` when implemented, through pluggy (its checks of the keywords); for
-        code off the hot path, not type-checked."""
-        if getattr(self, name) is not None:
-            getattr(self.pm.hook, name)(**kwargs)
+    def call(self, name: str, **kwargs: Any) -> Any:
+        """Fire ``name`` when implemented, through pluggy (its checks of the keywords, its
+        result; ``None`` when nobody implements it); for code off the hot path, not type-checked."""
+        if getattr(self, name) is None:
+            return None
+        return getattr(self.pm.hook, name)(**kwargs)
 
     if not TYPE_CHECKING:  # for mypy, an unknown hook name stays an error
 
